@@ -560,25 +560,38 @@ def _curvature(
     num_samples: int = 4096, num_iter: int = 30, num_probes: int = 16,
 ) -> tuple[float, float]:
     r"""Largest eigenvalue (power iteration) and trace (Hutchinson) of the local potential's Hessian."""
-    idx = torch.randperm(data.n, generator=torch.Generator().manual_seed(int(generator.initial_seed()) % 2**63))
-    idx = idx[: min(num_samples, data.n)].to(data.device)
-    x, y = data.batch(idx)
+    idx = torch.randint(data.n, (min(num_samples, data.n),), generator=generator, device=generator.device)
+    x, y = data.batch(idx.to(data.device))
     hvp = _hvp_fn(potential, x, y, nbeta, gamma)
-    d = potential.d
-    v = torch.randn(d, generator=generator, device=data.device)
+    v = torch.randn(potential.d, generator=generator, device=data.device)
     v /= v.norm()
     a_max = 0.0
     for _ in range(num_iter):
         hv = hvp(v)
         a_new = float(v @ hv)
         v = hv / hv.norm().clamp_min(1e-30)
-        if a_max > 0 and abs(a_new - a_max) < 1e-3 * a_max:
-            a_max = a_new
-            break
+        converged = a_max > 0 and abs(a_new - a_max) < 1e-3 * a_max
         a_max = a_new
-    probes = torch.randint(0, 2, (num_probes, d), generator=generator, device=data.device).float() * 2 - 1
+        if converged:
+            break
+    probes = torch.randint(0, 2, (num_probes, potential.d), generator=generator, device=data.device) * 2.0 - 1
     trace = float(np.mean([float(z @ hvp(z)) for z in probes]))
     return a_max, max(trace, a_max)
+
+
+def _gradient_noise(
+    potential: _Potential, data: _Data, batch_size: int, generator: torch.Generator, num_batches: int = 16
+) -> float:
+    r""":math:`\operatorname{tr}\operatorname{Cov}(\nabla L_m(w^*))`, the minibatch gradient's total variance at :math:`w^*`."""
+    if batch_size >= data.n:
+        return 0.0
+    w = potential.w_star[None]
+    grads = []
+    for _ in range(num_batches):
+        idx = torch.randint(data.n, (1, batch_size), generator=generator, device=generator.device).to(data.device)
+        x, y = data.batch(idx)
+        grads.append(potential.grad_value(w, x, y)[0][0])
+    return float(torch.stack(grads).double().var(dim=0).sum())
 
 
 def calibrate_epsilon(
@@ -592,32 +605,54 @@ def calibrate_epsilon(
     bias_tolerance: float = 0.02,
     max_stiffness: float = 1.0,
     pilot_steps: int = 1000,
-    pilot_chains: int = 2,
+    pilot_chains: int = 4,
+    min_acceptance: float = 0.95,
+    max_backoffs: int = 8,
     seed: int = 0,
     device: torch.device | str | None = None,
 ) -> dict[str, Any]:
-    r"""Choose the SGLD step size ε from the local geometry at :math:`w^*`.
+    r"""Choose the SGLD step size ε from the local geometry and gradient noise at :math:`w^*`.
 
-    The rule. Along a direction of curvature :math:`a` the Euler–Maruyama step samples a Gaussian
-    whose variance is :math:`1/(a(1 - \epsilon a/4))` instead of :math:`1/a`; each such direction adds
-    :math:`\tfrac12` to λ, so the discretisation inflates :math:`\hat\lambda` by about
-    :math:`\tfrac{\epsilon}{8}\operatorname{tr} H` (H the Hessian of the local potential
-    :math:`U = n\beta L_n + \tfrac\gamma2\lVert w - w^*\rVert^2`). Too small an ε, on the other hand,
-    leaves the flat, singular directions unexplored within the step budget. So ε is the largest
-    step that (i) keeps the stiffest direction stable and nearly unbiased,
-    :math:`\epsilon \le c_{\max}/a_{\max}`, and (ii) keeps the predicted bias below
-    ``bias_tolerance`` of λ:
+    The rule bounds the two biases of SGLD and otherwise takes the largest step, since too small
+    an ε leaves the flat, singular directions unexplored within the step budget.
+
+    * *Discretisation.* Along a direction of curvature :math:`a` the Euler–Maruyama step samples
+      a Gaussian of variance :math:`1/(a(1 - \epsilon a/4))` instead of :math:`1/a`; each such
+      direction adds :math:`\tfrac12` to λ, so :math:`\hat\lambda` grows by about
+      :math:`\tfrac{\epsilon}{8}\operatorname{tr} H`, H the Hessian of the local potential
+      :math:`U = n\beta L_n + \tfrac\gamma2\lVert w - w^*\rVert^2`. The stiffest direction must
+      also stay stable: :math:`\epsilon a_{\max} \le c_{\max}`.
+    * *Gradient noise.* The minibatch gradient adds variance
+      :math:`\tfrac{\epsilon^2}{4} n\beta^2 \operatorname{Cov}(\nabla L_m)` per step to the injected
+      :math:`\epsilon`; it heats each stiff direction by a factor
+      :math:`1 + \tfrac{\epsilon}{4} n\beta^2 \sigma^2`, so :math:`\hat\lambda` grows by about
+      :math:`\tfrac{\epsilon}{8} n\beta^2 \operatorname{tr}\operatorname{Cov}(\nabla L_m(w^*))`. With noisy
+      data at large n this term dominates (reduced rank regression at n = 1e5, m = 256: a step
+      with :math:`\epsilon a_{\max} = 1` overshoots λ = 4 six-fold); a larger batch shrinks it.
+
+    Hence, with :math:`\delta` = ``bias_tolerance`` and a reference :math:`\lambda_{\text{ref}}`,
 
     .. math::  \epsilon = \min\Bigl(\frac{c_{\max}}{a_{\max}},\;
-               \frac{8\,\delta\,\hat\lambda_{\text{pilot}}}{\operatorname{tr} H}\Bigr),
+               \frac{8\,\delta\,\lambda_{\text{ref}}}{\operatorname{tr} H
+               + n\beta^2 \operatorname{tr}\operatorname{Cov}(\nabla L_m)}\Bigr).
 
-    where :math:`\hat\lambda_{\text{pilot}}` comes from a short pilot run at :math:`c_{\max}/a_{\max}`
-    (floored at :math:`\operatorname{tr}H/(2a_{\max})`, a lower bound on the number of stiff
-    directions over 2). :math:`a_{\max}` is found by power iteration and :math:`\operatorname{tr}H`
-    by Hutchinson's estimator, both on Hessian-vector products over up to 4096 samples.
-    Well-conditioned models (many directions as stiff as the stiffest) get :math:`c \approx
-    8\delta\lambda/(\operatorname{tr}H/a_{\max})` well below 1; models with a few stiff directions
-    among many flat ones (deep linear networks) get :math:`c = c_{\max}`.
+    :math:`\lambda_{\text{ref}}` is first the lower bound :math:`\operatorname{tr}H/(2a_{\max})`
+    (since :math:`\operatorname{tr}H/a_{\max} \le \operatorname{rank}H` and
+    :math:`\lambda \ge \operatorname{rank}H/2` up to the γ-directions), then the estimate of a
+    pilot run at the ε that bound gives. :math:`a_{\max}` comes from power iteration and
+    :math:`\operatorname{tr}H` from Hutchinson's estimator, both on Hessian-vector products over
+    up to 4096 samples; the gradient covariance from 16 minibatches at :math:`w^*`.
+
+    The curvature at :math:`w^*` can miss stiffer regions the chain reaches (at a singular point
+    the Hessian may vanish, e.g. normal crossings). So the pilot also checks the MALA acceptance of
+    its proposals, which stays near 1 while the Langevin step is accurate: if a chain diverges or
+    the mean acceptance falls below ``min_acceptance``, the pilot's ε is divided by 4 and rerun,
+    and the final ε is capped at the last step that passed. Limitation: the pilot's mean
+    acceptance can miss rare excursions into much stiffer regions (the arms of a normal crossing
+    at large nβ, where the curvature reaches 2nβ); there, check ``diverged`` and choose ε by hand.
+    Well-conditioned models with noisy data are limited by bias (ε far below
+    :math:`1/a_{\max}`); deep linear networks on noise-free data, with a few stiff directions among
+    many flat ones, by stability (:math:`\epsilon a_{\max} = c_{\max}`).
 
     Args:
         model: The model at :math:`w^*`.
@@ -625,49 +660,72 @@ def calibrate_epsilon(
         data: As for :func:`estimate_llc`.
         gamma: Localization :math:`\gamma`.
         nbeta: Inverse temperature; default :math:`n/\log n`.
-        batch_size: Minibatch size of the pilot run.
-        bias_tolerance: :math:`\delta`, accepted relative discretisation bias.
+        batch_size: Minibatch size m of the run to calibrate for.
+        bias_tolerance: :math:`\delta`, accepted relative bias of :math:`\hat\lambda`.
         max_stiffness: :math:`c_{\max}`, the largest :math:`\epsilon a_{\max}`.
         pilot_steps: Steps of the pilot run.
         pilot_chains: Chains of the pilot run.
+        min_acceptance: Smallest MALA acceptance of the pilot's proposals that is accepted.
+        max_backoffs: How many times the pilot's ε may be divided by 4.
         seed: Seed for the probes and the pilot.
         device: Where to compute; default the model's device.
 
     Returns:
-        A dict with ``epsilon`` and what it was derived from (``a_max``, ``hessian_trace``,
-        ``pilot_lambdahat``, ``pilot_mala_acceptance``, ``rule``, ...).
+        A dict with ``epsilon`` and what it was derived from: ``a_max``, ``hessian_trace``,
+        ``gradient_noise`` (:math:`\operatorname{tr}\operatorname{Cov}`), ``pilot_lambdahat``,
+        ``pilot_mala_acceptance``, ``predicted_relative_bias``, ``limited_by`` and the ``rule``.
     """
     device = torch.device(device) if device is not None else next(model.parameters()).device
     source = _Data(data, device)
     nbeta = default_nbeta(source.n) if nbeta is None else nbeta
+    batch_size = min(batch_size, source.n)
     potential = _Potential(model, loss_fn, device)
     gen = torch.Generator(device=device)
     gen.manual_seed(seed)
     a_max, trace = _curvature(potential, source, nbeta, gamma, gen)
-    eps_stiff = max_stiffness / a_max
-    pilot = estimate_llc(
-        model, loss_fn, data, epsilon=eps_stiff, gamma=gamma, num_steps=pilot_steps,
-        num_chains=pilot_chains, batch_size=min(batch_size, source.n), nbeta=nbeta, seed=seed + 1,
-        num_burnin_steps=pilot_steps // 2, control_variate=True, device=device,
-    )
+    grad_noise = _gradient_noise(potential, source, batch_size, gen)
+    bias_rate = (trace + nbeta**2 * grad_noise) / 8  # predicted bias of lambdahat per unit epsilon
+    eps_stable = max_stiffness / a_max
+
+    def choose(lam: float) -> float:
+        return min(eps_stable, bias_tolerance * lam / bias_rate)
+
     lambda_floor = trace / (2 * a_max)
-    lambda_pilot = pilot.lambdahat if math.isfinite(pilot.lambdahat) else lambda_floor
-    eps_bias = 8 * bias_tolerance * max(lambda_pilot, lambda_floor) / trace
-    epsilon = min(eps_stiff, eps_bias)
+    pilot_eps = choose(lambda_floor)
+    # Curvature at w* can miss stiffer regions nearby (at a singular point the Hessian may vanish):
+    # if the pilot diverges or its MALA acceptance drops, the step is too large there; shrink it.
+    cap = math.inf
+    for _ in range(max_backoffs + 1):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            pilot = estimate_llc(
+                model, loss_fn, data, epsilon=pilot_eps, gamma=gamma, num_steps=pilot_steps, num_chains=pilot_chains,
+                batch_size=batch_size, nbeta=nbeta, seed=seed + 1, num_burnin_steps=pilot_steps // 2,
+                control_variate=True, device=device,
+            )
+        if not pilot.diverged and pilot.mala_acceptance >= min_acceptance:
+            break
+        pilot_eps /= 4
+        cap = pilot_eps
+    lambda_ref = max(pilot.lambdahat, lambda_floor) if math.isfinite(pilot.lambdahat) else lambda_floor
+    epsilon = min(choose(lambda_ref), cap)
     return dict(
         epsilon=epsilon,
-        rule="epsilon = min(c_max / a_max, 8 * delta * max(lambdahat_pilot, tr(H) / (2 a_max)) / tr(H))",
+        rule="epsilon = min(c_max / a_max, delta * lambda_ref / ((tr H + nbeta^2 tr Cov(grad L_m)) / 8))",
         a_max=a_max,
         hessian_trace=trace,
+        gradient_noise=grad_noise,
         c_max=max_stiffness,
         delta=bias_tolerance,
         stiffness=epsilon * a_max,
-        pilot_epsilon=eps_stiff,
+        lambda_floor=lambda_floor,
+        pilot_epsilon=pilot_eps,
         pilot_steps=pilot_steps,
         pilot_lambdahat=pilot.lambdahat,
         pilot_mala_acceptance=pilot.mala_acceptance,
-        predicted_relative_bias=epsilon * trace / (8 * max(lambda_pilot, lambda_floor)),
-        limited_by="stability" if eps_stiff <= eps_bias else "bias",
+        predicted_relative_bias=epsilon * bias_rate / lambda_ref,
+        min_acceptance=min_acceptance,
+        limited_by="stability" if epsilon == eps_stable else "mala_acceptance" if epsilon == cap else "bias",
     )
 
 
@@ -721,7 +779,7 @@ def estimate_llc(
 
     >>> from models.toy import MinimallySingular, toy_data
     >>> model = MinimallySingular(d=20, r=2)
-    >>> res = estimate_llc(model, model.loss_fn, toy_data(10_000), epsilon=1e-4, num_steps=2000, seed=0)
+    >>> res = estimate_llc(model, model.loss_fn, toy_data(10_000), epsilon=2e-5, num_steps=2000, seed=0)
     >>> abs(res.lambdahat - 1.0) < 0.1
     True
 

@@ -18,11 +18,19 @@ from models.toy import (
     MinimallySingular,
     NormalCrossing,
     ReducedRankRegression,
-    half_squared_error,
     rrr_data,
     toy_data,
 )
-from sgld import SGLD, default_nbeta, ess, estimate_llc, llc_from_losses, mala_estimate_llc, rhat
+from sgld import (
+    SGLD,
+    calibrate_epsilon,
+    default_nbeta,
+    ess,
+    estimate_llc,
+    llc_from_losses,
+    mala_estimate_llc,
+    rhat,
+)
 
 # --------------------------------------------------------------------------------------------
 # Mechanics: one step by hand, vectorization, determinism
@@ -31,11 +39,11 @@ from sgld import SGLD, default_nbeta, ess, estimate_llc, llc_from_losses, mala_e
 
 def _linear_problem(n: int = 50, seed: int = 0):
     g = torch.Generator().manual_seed(seed)
-    model = nn.Linear(3, 2, bias=False)
-    with torch.no_grad():
-        model.weight.copy_(torch.randn(2, 3, generator=g))
     x = torch.randn(n, 3, generator=g)
-    y = torch.randn(n, 2, generator=g)
+    y = x @ torch.randn(3, 2, generator=g) + torch.randn(n, 2, generator=g)
+    model = nn.Linear(3, 2, bias=False)
+    with torch.no_grad():  # w* = the least-squares fit, a minimum of L_n as in the paper's setting
+        model.weight.copy_(torch.linalg.lstsq(x, y).solution.T)
     return model, x, y
 
 
@@ -111,6 +119,7 @@ def test_same_seed_same_result_bit_for_bit():
     assert not np.array_equal(a.loss_trace[0], a.loss_trace[1])
 
 
+@pytest.mark.filterwarnings("ignore:the loss trace has not settled")
 def test_model_is_not_modified_and_mode_is_kept():
     model, x, y = _linear_problem()
     before = model.weight.detach().clone()
@@ -208,6 +217,7 @@ def test_divergent_chain_is_flagged_excluded_and_warned():
     assert res.to_dict()["diverged"] is True
 
 
+@pytest.mark.filterwarnings("ignore:the loss trace has not settled")
 def test_mala_acceptance_tracks_step_size():
     model = MinimallySingular(d=50, r=5)
     data = toy_data(1000)
@@ -311,7 +321,7 @@ def test_normal_crossing_recovers_lambda(powers):
 
 
 RRR_CASES = {
-    # (M, H, N, r): Aoyagi & Watanabe (2005) case, lambda
+    # (M, H, N, r) -> Aoyagi & Watanabe (2005) case; all at true rank r = 1 > 0.
     "case1-even": (4, 2, 3, 1),  # lambda = 4
     "case1-odd": (6, 3, 5, 1),  # lambda = 9, multiplicity 2
     "case2": (2, 2, 6, 1),  # M + H < N + r: lambda = 4
@@ -321,12 +331,69 @@ RRR_CASES = {
 
 
 @pytest.mark.parametrize("case", sorted(RRR_CASES))
-def test_reduced_rank_regression_recovers_lambda(case):
+def test_reduced_rank_regression_recovers_lambda_with_auto_epsilon(case):
+    # Realisable, noise-free teacher as in the paper's DLN experiments: L_n(w*) = 0 is the minimum.
+    # (With noisy labels w* is not the empirical minimiser and lambdahat sits about
+    # rank(H) / (2 log n) below lambda at nbeta = n / log n; see the README.)
+    # Measured (seed 0): case1-even 4.08, case1-odd 8.65, case2 4.18, case3 4.13, case4 2.01.
     M, H, N, r = RRR_CASES[case]
     model = ReducedRankRegression(M, H, N, r, generator=torch.Generator().manual_seed(0))
-    data = rrr_data(model, 100_000, seed=1)
+    data = rrr_data(model, 100_000, noise_std=0.0, seed=1)
     res = estimate_llc(model, model.loss_fn, data, epsilon="auto", num_steps=5000, num_burnin_steps=1000,
                        num_chains=4, batch_size=256, seed=0)
     lam, _ = model.true_lambda
     assert res.lambdahat == pytest.approx(lam, rel=0.10)
     assert res.epsilon_calibration["epsilon"] == res.epsilon
+    assert res.rhat < 1.1 and res.mala_acceptance > 0.9
+
+
+@pytest.mark.parametrize("r", [2, 10])
+def test_minimally_singular_with_auto_epsilon(r):
+    # Measured (seed 0): r=2: 0.988, r=10: 5.10.
+    model = MinimallySingular(d=1000, r=r)
+    res = estimate_llc(model, model.loss_fn, toy_data(10_000), epsilon="auto", num_steps=2000,
+                       num_burnin_steps=200, num_chains=4, batch_size=100, seed=0)
+    assert res.lambdahat == pytest.approx(r / 2, rel=0.05)
+    assert res.epsilon_calibration["limited_by"] in {"bias", "stability", "mala_acceptance"}
+
+
+def test_auto_epsilon_accounts_for_gradient_noise():
+    """Noisy labels at large n: minibatch gradient noise, not curvature, must set the step."""
+    model = ReducedRankRegression(4, 2, 3, 1, generator=torch.Generator().manual_seed(0))
+    clean = rrr_data(model, 100_000, noise_std=0.0, seed=1)
+    noisy = rrr_data(model, 100_000, noise_std=1.0, seed=1)
+    cal_clean = calibrate_epsilon(model, model.loss_fn, clean, batch_size=256, pilot_steps=200)
+    cal_noisy = calibrate_epsilon(model, model.loss_fn, noisy, batch_size=256, pilot_steps=200)
+    assert cal_clean["gradient_noise"] == 0.0 and cal_noisy["gradient_noise"] > 0
+    assert cal_noisy["epsilon"] < cal_clean["epsilon"] / 3
+    assert cal_noisy["limited_by"] == "bias"
+
+
+def test_control_variate_keeps_the_mean_and_removes_minibatch_noise():
+    model = ReducedRankRegression(4, 2, 3, 1, generator=torch.Generator().manual_seed(0))
+    data = rrr_data(model, 10_000, noise_std=1.0, seed=1)
+    kw = dict(epsilon=2e-5, num_steps=2000, num_burnin_steps=500, num_chains=4, batch_size=256, seed=0)
+    plain = estimate_llc(model, model.loss_fn, data, **kw)
+    cv = estimate_llc(model, model.loss_fn, data, control_variate=True, **kw)
+    # Same chains (the trace does not steer them), so the per-step difference is L_B(w*) - L_n(w*).
+    step_sd_plain = plain.nbeta * plain.loss_trace[:, 500:].std()
+    step_sd_cv = cv.nbeta * cv.loss_trace[:, 500:].std()
+    assert step_sd_cv < step_sd_plain / 5
+    standard_error = plain.nbeta * plain.loss_trace[:, 500:].std() / math.sqrt(plain.ess)
+    assert cv.lambdahat == pytest.approx(plain.lambdahat, abs=4 * standard_error)
+    assert cv.control_variate and not plain.control_variate
+
+
+def test_sgld_agrees_with_full_batch_mala():
+    # Same posterior; MALA has no step-size bias. Agreement within 4 combined standard errors.
+    model = ReducedRankRegression(4, 2, 3, 1, generator=torch.Generator().manual_seed(0))
+    data = rrr_data(model, 2000, noise_std=0.0, seed=1)
+    sgld = estimate_llc(model, model.loss_fn, data, epsilon="auto", num_steps=4000, num_burnin_steps=1000,
+                        num_chains=4, batch_size=200, seed=0)
+    a_max = sgld.epsilon_calibration["a_max"]
+    mala = mala_estimate_llc(model, model.loss_fn, data, epsilon=0.5 / a_max, num_steps=3000,
+                             num_burnin_steps=500, num_chains=4, seed=1)
+    assert 0.3 < mala.mala_acceptance < 1.0  # a real Metropolis correction happened
+    se = math.hypot(sgld.lambdahat_std, mala.lambdahat_std) / 2  # std over 4 chains -> standard error
+    assert sgld.lambdahat == pytest.approx(mala.lambdahat, abs=max(4 * se, 0.05 * mala.lambdahat))
+    assert mala.lambdahat == pytest.approx(4.0, rel=0.15)
