@@ -1,0 +1,553 @@
+"""λ̂ versus the true λ of deep linear networks (Furman & Lau 2024, §4), as a Sacred experiment.
+
+A teacher DLN w* is drawn (``true_param_config.method``), realisable data y = W* x are generated on
+the fly, and the LLC is estimated at w* with SGLD and compared with Aoyagi's λ for rank W*
+(``models.dln.true_lambda``). Optionally a student is trained from a random init and its LLC is
+estimated too (``do_training``), and the output Jacobian's rank (``do_functional_rank``) and the
+Hessian trace (``do_hessian_trace``) at w* are recorded.
+
+    python expt_dln.py -F outputs/dln with sgld_config.epsilon=1e-5 true_param_config.rank=2
+    python expt_dln.py with demo
+
+Without ``-F``/``-m`` (or another observer flag) the run is stored under ``outputs/<expt_name>/``
+(``outputs/dln/`` when ``expt_name`` is None). Every key of the reference experiment is accepted,
+e.g. the reference README's command::
+
+    python expt_dln.py -F outputs/readme with expt_name=x num_training_data=1000000 \\
+        layer_widths='[259, 286, 885, 235, 204, 274, 252]' input_dim=185 \\
+        true_param_config.method='rand_rank' true_param_config.prop_rank_reduce=0.5 \\
+        sgld_config.epsilon=2e-07 sgld_config.num_steps=20000 sgld_config.gamma=1.0 \\
+        sgld_config.batch_size=500 do_training=True training_config.optim='sgd' \\
+        training_config.learning_rate=0.01 training_config.batch_size=500 \\
+        training_config.num_steps=50000 do_functional_rank=False do_hessian_trace=False seed=1
+
+Recorded in the run's info: every field of ``LLCResult.to_dict()`` (λ̂, its spread, per-chain and
+per-quarter values, R̂, ESS, MALA acceptance, divergence, ε and its calibration), the truth
+(``true_lambda``, ``true_multiplicity``, ``true_rank``, ``true_layer_ranks``, ``true_matrix_shape``,
+``model_dim``), ``trained_param_info``, ``functional_rank_info`` and ``hessian_trace_estimate``
+when asked for. Loss traces go to Sacred metrics (``sgld/loss/chain<c>``, at most 1000 points per
+chain) and, complete, to the artifact ``loss_traces.npz``.
+"""
+
+import math
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from sacred import Experiment
+from sacred.arg_parser import get_config_updates
+from sacred.observers import FileStorageObserver
+from torch.func import functional_call, grad, jacrev, jvp
+from tqdm import tqdm
+
+from models.dln import (
+    DLN,
+    INPUT_DISTS,
+    TRUE_PARAM_METHODS,
+    SyntheticDLNData,
+    dln_ranks,
+    make_true_params,
+    true_lambda,
+)
+from sgld import SGLD, LLCResult, estimate_llc
+
+__all__ = ["SGLDConfig", "TrainingConfig", "TrueParamConfig", "ex", "functional_rank", "hessian_trace", "mse_loss", "parse"]
+
+ex = Experiment("dln_lambdahat")
+
+OPTIMIZERS = ("sgd", "adam")
+MAX_POINTS_PER_METRIC = 1000  # thinning of traces logged as Sacred metrics
+MAX_JACOBIAN_ENTRIES = 50_000_000  # do_functional_rank materialises the Jacobian (float32)
+HUTCHINSON_PROBES = 100  # Rademacher probes for do_hessian_trace
+
+
+@ex.config
+def config():
+    expt_name = None  # run name; the default observer stores runs in outputs/<expt_name or 'dln'>/
+    sgld_config = {
+        "epsilon": 1.5e-5,  # ε, SGLD step size, or "auto" for sgld.calibrate_epsilon
+        "gamma": 1.0,  # γ, strength of the localizing Gaussian around w*
+        "num_steps": 5000,  # SGLD steps per chain, burn-in included
+        "num_chains": 4,  # independent chains, all started at w*
+        "batch_size": 100,  # m, SGLD minibatch size
+        "num_burnin_steps": 0,  # leading steps left out of λ̂ (the reference code kept all)
+    }
+    loss_trace_minibatch = True  # True: trace minibatch losses L_m; False: full-data L_n (n forward passes a step)
+    do_compute_distance = False  # also run one extra chain logging ‖w_t − w*‖ (metric sgld/distance)
+    layer_widths = [4, 8, 8]  # (H₂, …, H_{N+1}), the last is the output dimension
+    input_dim = 4  # H₁
+    input_dist = "uniform"  # x distribution: "uniform" on [-10, 10]^H₁ or "unit_ball"
+    true_param_config = {
+        "method": "low_rank",  # teacher w*: random | zero | rand_rank | rand_rank_sv | low_rank
+        "prop_rank_reduce": 0.5,  # rand_rank, rand_rank_sv: probability a layer's rank is reduced
+        "mean": 0.0,  # rand_rank_sv: mean of the singular-value Gaussian
+        "std": 5.0,  # rand_rank_sv: standard deviation of the singular-value Gaussian
+        "rank": 1,  # low_rank: r = rank of every layer and of W*; None draws it at random
+    }
+    num_training_data = 10_000  # n, training set size
+    itemp = 1 / math.log(num_training_data)  # β, inverse temperature; nβ = n · itemp
+    num_test_data = 100  # test inputs for do_functional_rank and do_hessian_trace
+    training_config = {
+        "optim": "sgd",  # sgd | adam
+        "learning_rate": 0.01,  # optimiser step size
+        "momentum": 0.9,  # sgd momentum (ignored by adam)
+        "batch_size": 200,  # training minibatch size
+        "num_steps": 5000,  # training steps from a random init
+    }
+    do_training = False  # train a student from a random init and estimate λ̂ there too
+    do_functional_rank = False  # rank and singular values of the output Jacobian at w* on test inputs
+    do_hessian_trace = False  # Hutchinson estimate of tr ∇²L_test(w*)
+    seed = 0  # root of all randomness (teacher, data, training, chains)
+    save_true_param = False  # store w* as the artifact true_param.pt
+    verbose = False  # print the teacher's ranks and show progress bars off a terminal too
+
+
+@ex.named_config
+def demo():
+    """About a minute on a laptop: 4→4→8→8 DLN at rank 1, λ = 10 among d = 112 parameters."""
+    expt_name = "demo"  # stored in outputs/demo/
+    sgld_config = {"num_chains": 8, "num_burnin_steps": 2500}  # 8 chains cost about 4 (vectorised)
+
+
+@ex.named_config
+def paper():
+    """The reference sweep's settings (Furman & Lau 2024); set layer_widths and input_dim too."""
+    num_training_data = 1_000_000  # n
+    true_param_config = {"method": "rand_rank", "prop_rank_reduce": 0.5}  # the paper's teachers
+    sgld_config = {"epsilon": 5e-9, "gamma": 1.0, "num_steps": 200_000, "batch_size": 500, "num_burnin_steps": 0}
+    training_config = {"optim": "adam", "learning_rate": 0.01, "batch_size": 500, "num_steps": 50_000}
+    do_training = True  # λ̂ also at an SGD/Adam-trained parameter
+
+
+# --------------------------------------------------------------------------- validated configs
+
+
+def _require(ok: bool, message: str) -> None:
+    if not ok:
+        raise ValueError(message)
+
+
+def _is_int(v: object) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: object) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+@dataclass(frozen=True)
+class SGLDConfig:
+    """``sgld_config``: ε (``epsilon``, float > 0 or "auto"), γ, steps, chains, m, burn-in."""
+
+    epsilon: float | str
+    gamma: float
+    num_steps: int
+    num_chains: int
+    batch_size: int
+    num_burnin_steps: int = 0
+
+    def __post_init__(self) -> None:
+        eps = self.epsilon
+        _require(eps == "auto" or (_is_number(eps) and eps > 0),
+                 f"sgld_config.epsilon must be a number > 0 or 'auto', got {eps!r}")
+        _require(_is_number(self.gamma) and self.gamma >= 0, f"sgld_config.gamma must be >= 0, got {self.gamma!r}")
+        for key in ("num_steps", "num_chains", "batch_size"):
+            value = getattr(self, key)
+            _require(_is_int(value) and value >= 1, f"sgld_config.{key} must be an int >= 1, got {value!r}")
+        _require(_is_int(self.num_burnin_steps) and 0 <= self.num_burnin_steps < self.num_steps,
+                 f"sgld_config.num_burnin_steps must be an int in [0, num_steps={self.num_steps}), "
+                 f"got {self.num_burnin_steps!r}")
+
+
+@dataclass(frozen=True)
+class TrueParamConfig:
+    """``true_param_config``: how the teacher w* is drawn (see ``models.dln.make_true_params``)."""
+
+    method: str
+    prop_rank_reduce: float = 0.5
+    mean: float = 0.0
+    std: float = 5.0
+    rank: int | None = None
+
+    def __post_init__(self) -> None:
+        _require(self.method in TRUE_PARAM_METHODS,
+                 f"unknown true_param_config.method {self.method!r}; choose from {list(TRUE_PARAM_METHODS)}")
+        _require(_is_number(self.prop_rank_reduce) and 0 <= self.prop_rank_reduce <= 1,
+                 f"true_param_config.prop_rank_reduce must be in [0, 1], got {self.prop_rank_reduce!r}")
+        _require(_is_number(self.mean), f"true_param_config.mean must be a number, got {self.mean!r}")
+        _require(_is_number(self.std) and self.std >= 0, f"true_param_config.std must be >= 0, got {self.std!r}")
+        _require(self.rank is None or (_is_int(self.rank) and self.rank >= 0),
+                 f"true_param_config.rank must be None or an int >= 0, got {self.rank!r}")
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    """``training_config``: optimiser (sgd | adam), step size, momentum, minibatch, steps."""
+
+    optim: str
+    learning_rate: float
+    momentum: float | None
+    batch_size: int
+    num_steps: int
+
+    def __post_init__(self) -> None:
+        _require(self.optim in OPTIMIZERS, f"unknown training_config.optim {self.optim!r}; choose from {list(OPTIMIZERS)}")
+        _require(_is_number(self.learning_rate) and self.learning_rate > 0,
+                 f"training_config.learning_rate must be > 0, got {self.learning_rate!r}")
+        _require(self.momentum is None or (_is_number(self.momentum) and 0 <= self.momentum < 1),
+                 f"training_config.momentum must be None or in [0, 1), got {self.momentum!r}")
+        for key in ("batch_size", "num_steps"):
+            value = getattr(self, key)
+            _require(_is_int(value) and value >= 1, f"training_config.{key} must be an int >= 1, got {value!r}")
+
+
+def parse(cls: type, name: str, values: dict):
+    """Build a validated config dataclass from a nested config dict.
+
+    Sacred only warns about unknown nested keys (``sgld_config.eps=...``); this makes them fatal.
+
+    Args:
+        cls: ``SGLDConfig``, ``TrueParamConfig`` or ``TrainingConfig``.
+        name: The dict's config key, for messages.
+        values: The dict from the config.
+
+    Returns:
+        The frozen dataclass.
+
+    Raises:
+        TypeError: If a key is not a field of ``cls``.
+        ValueError: If a value is out of range (from the dataclass).
+    """
+    fields = list(cls.__dataclass_fields__)
+    unknown = sorted(set(values) - set(fields))
+    if unknown:
+        raise TypeError(f"unknown config key {name}.{unknown[0]}; {name} accepts {fields}")
+    return cls(**values)
+
+
+# --------------------------------------------------------------------------- captured helpers
+
+
+def mse_loss(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """L = mean over samples and outputs of (f(x) − y)².
+
+    Written out rather than ``F.mse_loss``: in torch 2.14 a forward-over-reverse Hessian-vector
+    product of ``F.mse_loss`` at a zero residual (a realisable teacher) raises "ZeroTensors are
+    immutable".
+
+    Args:
+        output: Predictions ``(batch, H_{N+1})``.
+        target: Targets of the same shape.
+
+    Returns:
+        The scalar mean squared error.
+    """
+    return (output - target).square().mean()
+
+
+@ex.capture
+def check_setup(
+    sgld: SGLDConfig, training: TrainingConfig, expt_name, layer_widths, input_dim, input_dist,
+    num_training_data, itemp, num_test_data, do_functional_rank,
+) -> None:
+    """Validate the top-level config before any work, so a bad value fails in seconds.
+
+    Raises:
+        ValueError: Naming the first bad key, its value and the accepted range.
+    """
+    _require(expt_name is None or isinstance(expt_name, str), f"expt_name must be None or a str, got {expt_name!r}")
+    _require(isinstance(layer_widths, list) and len(layer_widths) > 0 and all(_is_int(h) and h >= 1 for h in layer_widths),
+             f"layer_widths must be a non-empty list of ints >= 1, e.g. '[10, 10]', got {layer_widths!r}")
+    _require(_is_int(input_dim) and input_dim >= 1, f"input_dim must be an int >= 1, got {input_dim!r}")
+    _require(input_dist in INPUT_DISTS, f"unknown input_dist {input_dist!r}; choose from {list(INPUT_DISTS)}")
+    _require(_is_int(num_training_data) and num_training_data >= 2,
+             f"num_training_data must be an int >= 2, got {num_training_data!r}")
+    _require(_is_number(itemp) and itemp > 0, f"itemp (β) must be a number > 0, got {itemp!r}")
+    _require(_is_int(num_test_data) and num_test_data >= 1, f"num_test_data must be an int >= 1, got {num_test_data!r}")
+    for name, m in (("sgld_config", sgld.batch_size), ("training_config", training.batch_size)):
+        _require(m <= num_training_data, f"{name}.batch_size must be <= num_training_data={num_training_data}, got {m}")
+    dims = [input_dim, *layer_widths]
+    entries = num_test_data * layer_widths[-1] * sum(a * b for a, b in zip(dims[:-1], dims[1:]))
+    _require(not do_functional_rank or entries <= MAX_JACOBIAN_ENTRIES,
+             f"do_functional_rank needs a {num_test_data * layer_widths[-1]} x d Jacobian ({entries:.3g} entries > "
+             f"{MAX_JACOBIAN_ENTRIES:.0e}); lower num_test_data or set do_functional_rank=False")
+
+
+def _generators(seed: int, count: int) -> list[torch.Generator]:
+    """Independent torch generators from Sacred's root seed via ``np.random.SeedSequence``."""
+    states = [s.generate_state(2, dtype=np.uint64) for s in np.random.SeedSequence(seed).spawn(count)]
+    return [torch.Generator().manual_seed(int(st[0] >> np.uint64(1))) for st in states]
+
+
+def _int_seed(g: torch.Generator) -> int:
+    return int(torch.randint(0, 2**62, (1,), generator=g))
+
+
+@ex.capture
+def make_teacher(teacher_cfg: TrueParamConfig, generator: torch.Generator, input_dim, layer_widths) -> DLN:
+    """The DLN at w* drawn by ``models.dln.make_true_params`` from ``generator``.
+
+    Returns:
+        The teacher network.
+    """
+    matrices = make_true_params(
+        input_dim, layer_widths, teacher_cfg.method, prop_rank_reduce=teacher_cfg.prop_rank_reduce,
+        mean=teacher_cfg.mean, std=teacher_cfg.std, rank=teacher_cfg.rank, generator=generator,
+    )
+    return DLN(input_dim, layer_widths).set_matrices(matrices)
+
+
+@ex.capture
+def describe_truth(model: DLN, input_dim, layer_widths, verbose) -> dict:
+    """Aoyagi's λ at the teacher's rank, with the ranks and sizes it depends on.
+
+    Returns:
+        ``true_lambda``, ``true_multiplicity``, ``true_rank``, ``true_layer_ranks``,
+        ``true_matrix_shape`` and ``model_dim``.
+    """
+    rank, layer_ranks = dln_ranks(model.matrices())
+    lam, mult = true_lambda(rank, input_dim, layer_widths)
+    if verbose:
+        print(f"teacher: rank W* = {rank}, layer ranks {layer_ranks}")
+    return dict(
+        true_lambda=lam, true_multiplicity=mult, true_rank=rank, true_layer_ranks=layer_ranks,
+        true_matrix_shape=[layer_widths[-1], input_dim], model_dim=sum(p.numel() for p in model.parameters()),
+    )
+
+
+def _progress(verbose: bool) -> bool:
+    return verbose or sys.stderr.isatty()
+
+
+@ex.capture
+def estimate(model: DLN, data: SyntheticDLNData, sgld: SGLDConfig, seed: int, num_training_data, itemp,
+             loss_trace_minibatch, verbose) -> LLCResult:
+    """λ̂ at the model's current parameters with nβ = n · itemp (the one estimator call).
+
+    Returns:
+        The estimator's ``LLCResult``.
+    """
+    return estimate_llc(
+        model, mse_loss, data, epsilon=sgld.epsilon, gamma=sgld.gamma, num_steps=sgld.num_steps,
+        num_chains=sgld.num_chains, batch_size=sgld.batch_size, nbeta=num_training_data * itemp, seed=seed,
+        num_burnin_steps=sgld.num_burnin_steps, loss_trace_minibatch=loss_trace_minibatch,
+        progress=_progress(verbose),
+    )
+
+
+def _thin(num_steps: int) -> range:
+    return range(0, num_steps, max(1, math.ceil(num_steps / MAX_POINTS_PER_METRIC)))
+
+
+def log_traces(_run, result: LLCResult, prefix: str) -> None:
+    """Loss traces as Sacred metrics ``<prefix>sgld/loss/chain<c>``, ≤ 1000 points per chain."""
+    for c, trace in enumerate(result.loss_trace):
+        for t in _thin(len(trace)):
+            _run.log_scalar(f"{prefix}sgld/loss/chain{c}", float(trace[t]), t)
+
+
+@ex.capture
+def train(data: SyntheticDLNData, training: TrainingConfig, generator: torch.Generator, input_dim, layer_widths,
+          verbose, _run) -> tuple[DLN, list[list[float]]]:
+    """Train a student from a random init (entries N(0, 1/H_k)) on minibatches of the training data.
+
+    Returns:
+        The trained DLN and [[step, minibatch loss], …] at ≤ 100 evenly spaced steps (all ≤ 1000
+        thinned points go to the metric ``train/loss``).
+
+    Raises:
+        FloatingPointError: If the training loss becomes NaN or infinite.
+    """
+    model = DLN(input_dim, layer_widths).set_matrices(
+        make_true_params(input_dim, layer_widths, "random", generator=generator))
+    if training.optim == "sgd":
+        opt = torch.optim.SGD(model.parameters(), lr=training.learning_rate, momentum=training.momentum or 0.0)
+    else:
+        opt = torch.optim.Adam(model.parameters(), lr=training.learning_rate)
+    logged, summary_every = set(_thin(training.num_steps)), max(1, math.ceil(training.num_steps / 100))
+    losses = []
+    for t in tqdm(range(training.num_steps), desc="training", disable=not _progress(verbose)):
+        x, y = data.get_batch(torch.randint(len(data), (training.batch_size,), generator=generator))
+        loss = mse_loss(model(x), y)
+        if not math.isfinite(loss.item()):
+            raise FloatingPointError(f"training loss is {loss.item()} at step {t}; lower "
+                                     f"training_config.learning_rate (now {training.learning_rate})")
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if t in logged:
+            _run.log_scalar("train/loss", loss.item(), t)
+        if t % summary_every == 0 or t == training.num_steps - 1:
+            losses.append([t, loss.item()])
+    return model, losses
+
+
+def _flat_function(model: DLN, x: torch.Tensor):
+    """(flat parameter vector w*, w ↦ model outputs on x) for torch.func transforms."""
+    names = [k for k, _ in model.named_parameters()]
+    params = [p.detach() for _, p in model.named_parameters()]
+    shapes, sizes = [p.shape for p in params], [p.numel() for p in params]
+
+    def forward(w: torch.Tensor) -> torch.Tensor:
+        chunks = w.split(sizes)
+        return functional_call(model, {k: c.view(s) for k, c, s in zip(names, chunks, shapes)}, (x,))
+
+    return torch.cat([p.reshape(-1) for p in params]), forward
+
+
+def functional_rank(model: DLN, x: torch.Tensor) -> tuple[dict, np.ndarray]:
+    """Rank and singular values of J = ∂ vec f(x; w)/∂w at the model's parameters.
+
+    For a DLN of N ≥ 2 layers at a ``low_rank`` teacher (every layer of rank r) and ≥ H₁ generic
+    test inputs, rank J is r(H₁ + H_{N+1} − r), the dimension of the manifold of rank-r matrices
+    (twice the regular part of λ); layers of higher rank can add directions.
+
+    Args:
+        model: The DLN.
+        x: Test inputs ``(T, H₁)``.
+
+    Returns:
+        (summary dict, singular values in decreasing order).
+    """
+    w, forward = _flat_function(model, x)
+    jac = jacrev(lambda v: forward(v).reshape(-1))(w)
+    # J is computed in the model's precision: singular values below its round-off count as zero.
+    rtol = max(jac.shape) * torch.finfo(jac.dtype).eps
+    sv = torch.linalg.svdvals(jac.double())
+    rank = int((sv > rtol * sv[0]).sum())
+    return dict(functional_rank=rank, jacobian_shape=list(jac.shape), max_singular_value=float(sv[0]),
+                rtol=rtol), sv.numpy()
+
+
+def hessian_trace(model: DLN, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator,
+                  num_probes: int = HUTCHINSON_PROBES) -> dict:
+    """Hutchinson's estimate tr H ≈ mean_k z_kᵀ H z_k, z_k Rademacher, H = ∇²L(w) on (x, y).
+
+    Hessian-vector products are forward-over-reverse (``jvp`` of ``grad``), never forming H.
+
+    Args:
+        model: The model at w.
+        x: Inputs.
+        y: Targets.
+        generator: Source of the probes.
+        num_probes: Number of probes K.
+
+    Returns:
+        ``{"estimate", "std_error", "num_probes"}``.
+    """
+    w, forward = _flat_function(model, x)
+    g = grad(lambda v: mse_loss(forward(v), y))
+    quad = []
+    for _ in range(num_probes):
+        z = torch.randint(0, 2, w.shape, generator=generator).to(w.dtype) * 2 - 1
+        quad.append(float(z @ jvp(g, (w,), (z,))[1]))
+    return dict(estimate=float(np.mean(quad)), std_error=float(np.std(quad, ddof=1) / math.sqrt(num_probes)),
+                num_probes=num_probes)
+
+
+@ex.capture
+def sgld_distances(model: DLN, data: SyntheticDLNData, sgld: SGLDConfig, epsilon: float,
+                   generator: torch.Generator, num_training_data, itemp) -> np.ndarray:
+    """‖w_t − w*‖ along one extra SGLD chain (``sgld.SGLD``) with the estimate's ε, γ, nβ, m.
+
+    Returns:
+        The (num_steps,) distances.
+    """
+    student = DLN(model.input_dim, model.layer_widths).set_matrices(model.matrices())
+    opt = SGLD(student.parameters(), epsilon=epsilon, nbeta=num_training_data * itemp, gamma=sgld.gamma,
+               generator=generator)
+    w_star = torch.cat([m.reshape(-1) for m in model.matrices()])
+    out = np.empty(sgld.num_steps)
+    for t in range(sgld.num_steps):
+        x, y = data.get_batch(torch.randint(len(data), (sgld.batch_size,), generator=generator))
+        opt.zero_grad()
+        mse_loss(student(x), y).backward()
+        opt.step()
+        out[t] = float(torch.cat([m.reshape(-1) for m in student.matrices()]).sub(w_star).norm())
+    return out
+
+
+def _print_summary(result: LLCResult, truth: dict, label: str = "w*") -> None:
+    rel = (result.lambdahat - truth["true_lambda"]) / truth["true_lambda"] if truth["true_lambda"] else float("nan")
+    print(f"λ̂({label}) = {result.lambdahat:.4g} ± {result.lambdahat_std:.2g}   true λ = {truth['true_lambda']:g} "
+          f"(m = {truth['true_multiplicity']}, rank {truth['true_rank']}, d = {truth['model_dim']})   "
+          f"relative error {rel:+.1%}   R̂ = {result.rhat:.3f}, quarters "
+          f"{[round(q, 3) for q in result.lambdahat_quarters]}, ε = {result.epsilon:.3g}")
+
+
+def _save_artifacts(_run, arrays: dict[str, np.ndarray], teacher: DLN | None) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "loss_traces.npz"
+        np.savez_compressed(path, **arrays)
+        _run.add_artifact(str(path), name="loss_traces.npz")
+        if teacher is not None:
+            torch.save(teacher.matrices(), Path(tmp) / "true_param.pt")
+            _run.add_artifact(str(Path(tmp) / "true_param.pt"), name="true_param.pt")
+
+
+# --------------------------------------------------------------------------- the run
+
+
+@ex.main
+def run(_run, sgld_config, true_param_config, training_config, num_training_data, num_test_data, input_dist,
+        do_training, do_compute_distance, do_functional_rank, do_hessian_trace, save_true_param, seed) -> dict:
+    """Teacher → data → λ̂(w*) [→ trained student → λ̂] → diagnostics → records."""
+    sgld = parse(SGLDConfig, "sgld_config", sgld_config)
+    teacher_cfg = parse(TrueParamConfig, "true_param_config", true_param_config)
+    training = parse(TrainingConfig, "training_config", training_config)
+    check_setup(sgld, training)
+    g_teacher, g_data, g_test, g_train, g_sgld, g_extra = _generators(seed, 6)
+    teacher = make_teacher(teacher_cfg, g_teacher)
+    truth = describe_truth(teacher)
+    data = SyntheticDLNData(teacher.product(), num_training_data, input_dist=input_dist, seed=_int_seed(g_data))
+    _run.info.update(truth)
+    result = estimate(teacher, data, sgld, _int_seed(g_sgld))
+    _run.info.update(result.to_dict())
+    log_traces(_run, result, "")
+    arrays = {"loss_trace": result.loss_trace}
+    _print_summary(result, truth)
+    if do_compute_distance:
+        arrays["sgld_distance"] = sgld_distances(teacher, data, sgld, result.epsilon, g_extra)
+        for t in _thin(sgld.num_steps):
+            _run.log_scalar("sgld/distance", float(arrays["sgld_distance"][t]), t)
+    test = SyntheticDLNData(teacher.product(), num_test_data, input_dist=input_dist, seed=_int_seed(g_test))
+    x_test, y_test = test.get_batch(torch.arange(num_test_data))
+    if do_functional_rank:
+        _run.info["functional_rank_info"], arrays["jacobian_singular_values"] = functional_rank(teacher, x_test)
+    if do_hessian_trace:
+        _run.info["hessian_trace_estimate"] = hessian_trace(teacher, x_test, y_test, g_extra)
+    if do_training:
+        student, losses = train(data, training, g_train)
+        trained = estimate(student, data, sgld, _int_seed(g_sgld))
+        _run.info["trained_param_info"] = {**trained.to_dict(), "training_losses": losses,
+                                           "final_training_loss": losses[-1][1]}
+        log_traces(_run, trained, "trained/")
+        arrays["trained_loss_trace"] = trained.loss_trace
+        _print_summary(trained, truth, label="trained")
+    _save_artifacts(_run, arrays, teacher if save_true_param else None)
+    for obs in _run.observers:
+        print(f"run stored in {Path(obs.dir).resolve() if hasattr(obs, 'dir') else obs}")
+    return dict(lambdahat=result.lambdahat, lambdahat_std=result.lambdahat_std, true_lambda=truth["true_lambda"])
+
+
+OBSERVER_OPTIONS = ("--file_storage", "--mongo_db", "--sql", "--s3", "--gcs", "--unobserved", "--queue")
+
+
+def observe_by_default(options: dict) -> None:
+    """Option hook: without an observer flag, store the run under ``outputs/<expt_name or 'dln'>/``."""
+    if options.get("COMMAND") or any(options.get(flag) for flag in OBSERVER_OPTIONS) or ex.observers:
+        return
+    updates, named = get_config_updates(options.get("UPDATE") or [])
+    name = updates.get("expt_name")
+    for scope in (ex.named_configs.get(n) for n in named):
+        if name is None and hasattr(scope, "__call__"):
+            name = scope().get("expt_name")
+    ex.observers.append(FileStorageObserver(str(Path("outputs") / (name or "dln"))))
+
+
+if __name__ == "__main__":
+    ex.option_hook(observe_by_default)
+    ex.run_commandline()
