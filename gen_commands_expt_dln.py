@@ -12,6 +12,7 @@ Adam at 0.01 for 50,000 steps. The same flags always give the same file.
 
 import argparse
 import sys
+from pathlib import Path
 from dataclasses import dataclass, fields
 
 import numpy as np
@@ -133,8 +134,12 @@ def main(argv: list[str] | None = None) -> list[str]:
     commands = make_commands(Grid(**args))
     text = "".join(c + "\n" for c in commands)
     if out:
-        with open(out, "w") as fh:
-            fh.write(text)
+        # Write whole or not at all: a sweep file cut short would silently drop runs.
+        path = Path(out)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(text)
+        tmp.replace(path)
         print(f"wrote {len(commands)} commands to {out}", file=sys.stderr)
     else:
         sys.stdout.write(text)
