@@ -12,8 +12,8 @@ Adam at 0.01 for 50,000 steps. The same flags always give the same file.
 
 import argparse
 import sys
-from pathlib import Path
 from dataclasses import dataclass, fields
+from pathlib import Path
 
 import numpy as np
 
