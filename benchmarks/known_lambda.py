@@ -1,7 +1,6 @@
 """Accuracy table: λ̂ against exactly known λ, with the settings of tests/test_sgld.py.
-import sys, pathlib; sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
 
-    .venv/bin/python benchmarks/known_lambda.py        # prints a markdown table (~3 min on 2 cores)
+    PYTHONPATH=. .venv/bin/python benchmarks/known_lambda.py        # prints a markdown table (~3 min on 2 cores)
 """
 
 import time
