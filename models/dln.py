@@ -424,6 +424,7 @@ class SyntheticDLNData:
         if input_dist not in INPUT_DISTS:
             raise ValueError(f"unknown input_dist {input_dist!r}; choose from {list(INPUT_DISTS)}")
         self.teacher = teacher.detach().to(torch.float32)
+        self._teacher64 = self.teacher.double()
         self.n = int(n)
         self.input_dim = teacher.shape[1]
         self.input_dist = input_dist
@@ -459,7 +460,7 @@ class SyntheticDLNData:
         return gauss * (radius / gauss.norm(dim=1))[:, None]
 
     def get_batch(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(x, y) for the samples ``idx``, with y = x W*ᵀ.
+        """(x, y) for the samples ``idx``, with y = x W*ᵀ (computed in float64, stored in float32).
 
         Args:
             idx: Int tensor of sample indices in [0, n), shape ``(batch,)``.
@@ -468,7 +469,10 @@ class SyntheticDLNData:
             ``(x, y)`` of shapes ``(batch, H₁)`` and ``(batch, H_{N+1})``.
         """
         x = self.inputs(idx)
-        return x, x @ self.teacher.T
+        # y in float64, then rounded: a float32 matmul takes different BLAS paths for one row and
+        # for many (and on CPU and GPU), which changes y_i in the last bits. In float64 those
+        # differences sit far below float32's resolution, so y_i is the same whatever the batch.
+        return x, (x.double() @ self._teacher64.T).float()
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(x_i, y_i) for one index, so the object is a valid map-style torch ``Dataset``."""

@@ -226,7 +226,10 @@ def test_data_is_a_pure_function_of_seed_and_index() -> None:
     assert torch.equal(x2[0], x[1])
     xi, yi = data[999]
     assert torch.equal(xi, x[1]) and torch.equal(yi, y[1])
+    # y is x W*ᵀ rounded from float64, so it does not depend on how many rows the batch has.
     torch.testing.assert_close(y, x @ teacher.T)
+    y_alone = torch.stack([data.get_batch(torch.tensor([int(i)]))[1][0] for i in idx])
+    assert torch.equal(y_alone, y)
     other, _ = SyntheticDLNData(teacher, n=1000, seed=8).get_batch(idx)
     assert not torch.allclose(other, x)
     assert len(data) == 1000
