@@ -30,19 +30,34 @@ chain) and, complete, to the artifact ``loss_traces.npz``.
 """
 
 import math
-import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from sacred import Experiment
-from sacred.arg_parser import get_config_updates
-from sacred.observers import FileStorageObserver
 from torch.func import functional_call, grad, jacrev, jvp
 from tqdm import tqdm
 
+# Sacred's Experiment comes through experiment.py, which first silences Sacred's pkg_resources warning.
+from experiment import (
+    MAX_POINTS_PER_METRIC,  # noqa: F401 - part of this module's interface (tests, tools)
+    Experiment,
+    SGLDConfig,
+    TrainingConfig,
+    default_observer,
+    generators,
+    int_seed,
+    is_int,
+    is_number,
+    log_traces,
+    make_optimizer,
+    parse,
+    progress,
+    require,
+    save_artifacts,
+    sgld_kwargs,
+    thin,
+)
 from models.dln import (
     DLN,
     INPUT_DISTS,
@@ -54,18 +69,17 @@ from models.dln import (
 )
 from sgld import SGLD, LLCResult, estimate_llc
 
-__all__ = ["SGLDConfig", "TrainingConfig", "TrueParamConfig", "ex", "functional_rank", "hessian_trace", "mse_loss", "parse"]
+__all__ = ["TrueParamConfig", "ex", "functional_rank", "hessian_trace", "mse_loss"]
 
 ex = Experiment("dln_lambdahat")
 
-OPTIMIZERS = ("sgd", "adam")
-MAX_POINTS_PER_METRIC = 1000  # thinning of traces logged as Sacred metrics
 MAX_JACOBIAN_ENTRIES = 50_000_000  # do_functional_rank materialises the Jacobian (float32)
 HUTCHINSON_PROBES = 100  # Rademacher probes for do_hessian_trace
 
 
 @ex.config
 def config():
+    """Deep linear network teacher, realisable data, λ̂ at w* (and optionally at a trained student)."""
     expt_name = None  # run name; the default observer stores runs in outputs/<expt_name or 'dln'>/
     sgld_config = {
         "epsilon": 1.5e-5,  # ε, SGLD step size, or "auto" for sgld.calibrate_epsilon
@@ -125,43 +139,6 @@ def paper():
 # --------------------------------------------------------------------------- validated configs
 
 
-def _require(ok: bool, message: str) -> None:
-    if not ok:
-        raise ValueError(message)
-
-
-def _is_int(v: object) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _is_number(v: object) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-
-@dataclass(frozen=True)
-class SGLDConfig:
-    """``sgld_config``: ε (``epsilon``, float > 0 or "auto"), γ, steps, chains, m, burn-in."""
-
-    epsilon: float | str
-    gamma: float
-    num_steps: int
-    num_chains: int
-    batch_size: int
-    num_burnin_steps: int = 0
-
-    def __post_init__(self) -> None:
-        eps = self.epsilon
-        _require(eps == "auto" or (_is_number(eps) and eps > 0),
-                 f"sgld_config.epsilon must be a number > 0 or 'auto', got {eps!r}")
-        _require(_is_number(self.gamma) and self.gamma >= 0, f"sgld_config.gamma must be >= 0, got {self.gamma!r}")
-        for key in ("num_steps", "num_chains", "batch_size"):
-            value = getattr(self, key)
-            _require(_is_int(value) and value >= 1, f"sgld_config.{key} must be an int >= 1, got {value!r}")
-        _require(_is_int(self.num_burnin_steps) and 0 <= self.num_burnin_steps < self.num_steps,
-                 f"sgld_config.num_burnin_steps must be an int in [0, num_steps={self.num_steps}), "
-                 f"got {self.num_burnin_steps!r}")
-
-
 @dataclass(frozen=True)
 class TrueParamConfig:
     """``true_param_config``: how the teacher w* is drawn (see ``models.dln.make_true_params``)."""
@@ -173,59 +150,14 @@ class TrueParamConfig:
     rank: int | None = None
 
     def __post_init__(self) -> None:
-        _require(self.method in TRUE_PARAM_METHODS,
-                 f"unknown true_param_config.method {self.method!r}; choose from {list(TRUE_PARAM_METHODS)}")
-        _require(_is_number(self.prop_rank_reduce) and 0 <= self.prop_rank_reduce <= 1,
-                 f"true_param_config.prop_rank_reduce must be in [0, 1], got {self.prop_rank_reduce!r}")
-        _require(_is_number(self.mean), f"true_param_config.mean must be a number, got {self.mean!r}")
-        _require(_is_number(self.std) and self.std >= 0, f"true_param_config.std must be >= 0, got {self.std!r}")
-        _require(self.rank is None or (_is_int(self.rank) and self.rank >= 0),
-                 f"true_param_config.rank must be None or an int >= 0, got {self.rank!r}")
-
-
-@dataclass(frozen=True)
-class TrainingConfig:
-    """``training_config``: optimiser (sgd | adam), step size, momentum, minibatch, steps."""
-
-    optim: str
-    learning_rate: float
-    momentum: float | None
-    batch_size: int
-    num_steps: int
-
-    def __post_init__(self) -> None:
-        _require(self.optim in OPTIMIZERS, f"unknown training_config.optim {self.optim!r}; choose from {list(OPTIMIZERS)}")
-        _require(_is_number(self.learning_rate) and self.learning_rate > 0,
-                 f"training_config.learning_rate must be > 0, got {self.learning_rate!r}")
-        _require(self.momentum is None or (_is_number(self.momentum) and 0 <= self.momentum < 1),
-                 f"training_config.momentum must be None or in [0, 1), got {self.momentum!r}")
-        for key in ("batch_size", "num_steps"):
-            value = getattr(self, key)
-            _require(_is_int(value) and value >= 1, f"training_config.{key} must be an int >= 1, got {value!r}")
-
-
-def parse(cls: type, name: str, values: dict):
-    """Build a validated config dataclass from a nested config dict.
-
-    Sacred only warns about unknown nested keys (``sgld_config.eps=...``); this makes them fatal.
-
-    Args:
-        cls: ``SGLDConfig``, ``TrueParamConfig`` or ``TrainingConfig``.
-        name: The dict's config key, for messages.
-        values: The dict from the config.
-
-    Returns:
-        The frozen dataclass.
-
-    Raises:
-        TypeError: If a key is not a field of ``cls``.
-        ValueError: If a value is out of range (from the dataclass).
-    """
-    fields = list(cls.__dataclass_fields__)
-    unknown = sorted(set(values) - set(fields))
-    if unknown:
-        raise TypeError(f"unknown config key {name}.{unknown[0]}; {name} accepts {fields}")
-    return cls(**values)
+        require(self.method in TRUE_PARAM_METHODS,
+                f"unknown true_param_config.method {self.method!r}; choose from {list(TRUE_PARAM_METHODS)}")
+        require(is_number(self.prop_rank_reduce) and 0 <= self.prop_rank_reduce <= 1,
+                f"true_param_config.prop_rank_reduce must be in [0, 1], got {self.prop_rank_reduce!r}")
+        require(is_number(self.mean), f"true_param_config.mean must be a number, got {self.mean!r}")
+        require(is_number(self.std) and self.std >= 0, f"true_param_config.std must be >= 0, got {self.std!r}")
+        require(self.rank is None or (is_int(self.rank) and self.rank >= 0),
+                f"true_param_config.rank must be None or an int >= 0, got {self.rank!r}")
 
 
 # --------------------------------------------------------------------------- captured helpers
@@ -258,32 +190,23 @@ def check_setup(
     Raises:
         ValueError: Naming the first bad key, its value and the accepted range.
     """
-    _require(expt_name is None or isinstance(expt_name, str), f"expt_name must be None or a str, got {expt_name!r}")
-    _require(isinstance(layer_widths, list) and len(layer_widths) > 0 and all(_is_int(h) and h >= 1 for h in layer_widths),
-             f"layer_widths must be a non-empty list of ints >= 1, e.g. '[10, 10]', got {layer_widths!r}")
-    _require(_is_int(input_dim) and input_dim >= 1, f"input_dim must be an int >= 1, got {input_dim!r}")
-    _require(input_dist in INPUT_DISTS, f"unknown input_dist {input_dist!r}; choose from {list(INPUT_DISTS)}")
-    _require(_is_int(num_training_data) and num_training_data >= 2,
-             f"num_training_data must be an int >= 2, got {num_training_data!r}")
-    _require(_is_number(itemp) and itemp > 0, f"itemp (β) must be a number > 0, got {itemp!r}")
-    _require(_is_int(num_test_data) and num_test_data >= 1, f"num_test_data must be an int >= 1, got {num_test_data!r}")
+    require(expt_name is None or isinstance(expt_name, str), f"expt_name must be None or a str, got {expt_name!r}")
+    require(isinstance(layer_widths, list) and len(layer_widths) > 0
+            and all(is_int(h) and h >= 1 for h in layer_widths),
+            f"layer_widths must be a non-empty list of ints >= 1, e.g. '[10, 10]', got {layer_widths!r}")
+    require(is_int(input_dim) and input_dim >= 1, f"input_dim must be an int >= 1, got {input_dim!r}")
+    require(input_dist in INPUT_DISTS, f"unknown input_dist {input_dist!r}; choose from {list(INPUT_DISTS)}")
+    require(is_int(num_training_data) and num_training_data >= 2,
+            f"num_training_data must be an int >= 2, got {num_training_data!r}")
+    require(is_number(itemp) and itemp > 0, f"itemp (β) must be a number > 0, got {itemp!r}")
+    require(is_int(num_test_data) and num_test_data >= 1, f"num_test_data must be an int >= 1, got {num_test_data!r}")
     for name, m in (("sgld_config", sgld.batch_size), ("training_config", training.batch_size)):
-        _require(m <= num_training_data, f"{name}.batch_size must be <= num_training_data={num_training_data}, got {m}")
+        require(m <= num_training_data, f"{name}.batch_size must be <= num_training_data={num_training_data}, got {m}")
     dims = [input_dim, *layer_widths]
     entries = num_test_data * layer_widths[-1] * sum(a * b for a, b in zip(dims[:-1], dims[1:]))
-    _require(not do_functional_rank or entries <= MAX_JACOBIAN_ENTRIES,
-             f"do_functional_rank needs a {num_test_data * layer_widths[-1]} x d Jacobian ({entries:.3g} entries > "
-             f"{MAX_JACOBIAN_ENTRIES:.0e}); lower num_test_data or set do_functional_rank=False")
-
-
-def _generators(seed: int, count: int) -> list[torch.Generator]:
-    """Independent torch generators from Sacred's root seed via ``np.random.SeedSequence``."""
-    states = [s.generate_state(2, dtype=np.uint64) for s in np.random.SeedSequence(seed).spawn(count)]
-    return [torch.Generator().manual_seed(int(st[0] >> np.uint64(1))) for st in states]
-
-
-def _int_seed(g: torch.Generator) -> int:
-    return int(torch.randint(0, 2**62, (1,), generator=g))
+    require(not do_functional_rank or entries <= MAX_JACOBIAN_ENTRIES,
+            f"do_functional_rank needs a {num_test_data * layer_widths[-1]} x d Jacobian ({entries:.3g} entries > "
+            f"{MAX_JACOBIAN_ENTRIES:.0e}); lower num_test_data or set do_functional_rank=False")
 
 
 @ex.capture
@@ -318,10 +241,6 @@ def describe_truth(model: DLN, input_dim, layer_widths, verbose) -> dict:
     )
 
 
-def _progress(verbose: bool) -> bool:
-    return verbose or sys.stderr.isatty()
-
-
 @ex.capture
 def estimate(model: DLN, data: SyntheticDLNData, sgld: SGLDConfig, seed: int, num_training_data, itemp,
              loss_trace_minibatch, verbose) -> LLCResult:
@@ -330,23 +249,8 @@ def estimate(model: DLN, data: SyntheticDLNData, sgld: SGLDConfig, seed: int, nu
     Returns:
         The estimator's ``LLCResult``.
     """
-    return estimate_llc(
-        model, mse_loss, data, epsilon=sgld.epsilon, gamma=sgld.gamma, num_steps=sgld.num_steps,
-        num_chains=sgld.num_chains, batch_size=sgld.batch_size, nbeta=num_training_data * itemp, seed=seed,
-        num_burnin_steps=sgld.num_burnin_steps, loss_trace_minibatch=loss_trace_minibatch,
-        progress=_progress(verbose),
-    )
-
-
-def _thin(num_steps: int) -> range:
-    return range(0, num_steps, max(1, math.ceil(num_steps / MAX_POINTS_PER_METRIC)))
-
-
-def log_traces(_run, result: LLCResult, prefix: str) -> None:
-    """Loss traces as Sacred metrics ``<prefix>sgld/loss/chain<c>``, ≤ 1000 points per chain."""
-    for c, trace in enumerate(result.loss_trace):
-        for t in _thin(len(trace)):
-            _run.log_scalar(f"{prefix}sgld/loss/chain{c}", float(trace[t]), t)
+    return estimate_llc(model, mse_loss, data, **sgld_kwargs(sgld), nbeta=num_training_data * itemp, seed=seed,
+                        loss_trace_minibatch=loss_trace_minibatch, progress=progress(verbose))
 
 
 @ex.capture
@@ -363,13 +267,10 @@ def train(data: SyntheticDLNData, training: TrainingConfig, generator: torch.Gen
     """
     model = DLN(input_dim, layer_widths).set_matrices(
         make_true_params(input_dim, layer_widths, "random", generator=generator))
-    if training.optim == "sgd":
-        opt = torch.optim.SGD(model.parameters(), lr=training.learning_rate, momentum=training.momentum or 0.0)
-    else:
-        opt = torch.optim.Adam(model.parameters(), lr=training.learning_rate)
-    logged, summary_every = set(_thin(training.num_steps)), max(1, math.ceil(training.num_steps / 100))
+    opt = make_optimizer(model.parameters(), training)
+    logged, summary_every = set(thin(training.num_steps)), max(1, math.ceil(training.num_steps / 100))
     losses = []
-    for t in tqdm(range(training.num_steps), desc="training", disable=not _progress(verbose)):
+    for t in tqdm(range(training.num_steps), desc="training", disable=not progress(verbose)):
         x, y = data.get_batch(torch.randint(len(data), (training.batch_size,), generator=generator))
         loss = mse_loss(model(x), y)
         if not math.isfinite(loss.item()):
@@ -478,16 +379,6 @@ def _print_summary(result: LLCResult, truth: dict, label: str = "w*") -> None:
           f"{[round(q, 3) for q in result.lambdahat_quarters]}, ε = {result.epsilon:.3g}")
 
 
-def _save_artifacts(_run, arrays: dict[str, np.ndarray], teacher: DLN | None) -> None:
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "loss_traces.npz"
-        np.savez_compressed(path, **arrays)
-        _run.add_artifact(str(path), name="loss_traces.npz")
-        if teacher is not None:
-            torch.save(teacher.matrices(), Path(tmp) / "true_param.pt")
-            _run.add_artifact(str(Path(tmp) / "true_param.pt"), name="true_param.pt")
-
-
 # --------------------------------------------------------------------------- the run
 
 
@@ -499,21 +390,21 @@ def run(_run, sgld_config, true_param_config, training_config, num_training_data
     teacher_cfg = parse(TrueParamConfig, "true_param_config", true_param_config)
     training = parse(TrainingConfig, "training_config", training_config)
     check_setup(sgld, training)
-    g_teacher, g_data, g_test, g_train, g_sgld, g_extra = _generators(seed, 6)
+    g_teacher, g_data, g_test, g_train, g_sgld, g_extra = generators(seed, 6)
     teacher = make_teacher(teacher_cfg, g_teacher)
     truth = describe_truth(teacher)
-    data = SyntheticDLNData(teacher.product(), num_training_data, input_dist=input_dist, seed=_int_seed(g_data))
+    data = SyntheticDLNData(teacher.product(), num_training_data, input_dist=input_dist, seed=int_seed(g_data))
     _run.info.update(truth)
-    result = estimate(teacher, data, sgld, _int_seed(g_sgld))
+    result = estimate(teacher, data, sgld, int_seed(g_sgld))
     _run.info.update(result.to_dict())
     log_traces(_run, result, "")
     arrays = {"loss_trace": result.loss_trace}
     _print_summary(result, truth)
     if do_compute_distance:
         arrays["sgld_distance"] = sgld_distances(teacher, data, sgld, result.epsilon, g_extra)
-        for t in _thin(sgld.num_steps):
+        for t in thin(sgld.num_steps):
             _run.log_scalar("sgld/distance", float(arrays["sgld_distance"][t]), t)
-    test = SyntheticDLNData(teacher.product(), num_test_data, input_dist=input_dist, seed=_int_seed(g_test))
+    test = SyntheticDLNData(teacher.product(), num_test_data, input_dist=input_dist, seed=int_seed(g_test))
     x_test, y_test = test.get_batch(torch.arange(num_test_data))
     if do_functional_rank:
         _run.info["functional_rank_info"], arrays["jacobian_singular_values"] = functional_rank(teacher, x_test)
@@ -521,31 +412,20 @@ def run(_run, sgld_config, true_param_config, training_config, num_training_data
         _run.info["hessian_trace_estimate"] = hessian_trace(teacher, x_test, y_test, g_extra)
     if do_training:
         student, losses = train(data, training, g_train)
-        trained = estimate(student, data, sgld, _int_seed(g_sgld))
+        trained = estimate(student, data, sgld, int_seed(g_sgld))
         _run.info["trained_param_info"] = {**trained.to_dict(), "training_losses": losses,
                                            "final_training_loss": losses[-1][1]}
         log_traces(_run, trained, "trained/")
         arrays["trained_loss_trace"] = trained.loss_trace
         _print_summary(trained, truth, label="trained")
-    _save_artifacts(_run, arrays, teacher if save_true_param else None)
+    save_artifacts(_run, arrays={"loss_traces.npz": arrays},
+                   tensors={"true_param.pt": teacher.matrices()} if save_true_param else None)
     for obs in _run.observers:
         print(f"run stored in {Path(obs.dir).resolve() if hasattr(obs, 'dir') else obs}")
     return dict(lambdahat=result.lambdahat, lambdahat_std=result.lambdahat_std, true_lambda=truth["true_lambda"])
 
 
-OBSERVER_OPTIONS = ("--file_storage", "--mongo_db", "--sql", "--s3", "--gcs", "--unobserved", "--queue")
-
-
-def observe_by_default(options: dict) -> None:
-    """Option hook: without an observer flag, store the run under ``outputs/<expt_name or 'dln'>/``."""
-    if options.get("COMMAND") or any(options.get(flag) for flag in OBSERVER_OPTIONS) or ex.observers:
-        return
-    updates, named = get_config_updates(options.get("UPDATE") or [])
-    name = updates.get("expt_name")
-    for scope in (ex.named_configs.get(n) for n in named):
-        if name is None and hasattr(scope, "__call__"):
-            name = scope().get("expt_name")
-    ex.observers.append(FileStorageObserver(str(Path("outputs") / (name or "dln"))))
+observe_by_default = default_observer(ex, "dln")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,367 @@
+"""Shared plumbing of the Sacred experiments (``expt_*.py``): configs, device, seeds, records, observer.
+
+Each experiment file keeps only its own science (its config, model, data and ``run``); what every
+experiment needs lives here, once:
+
+* **Validated configs.** Sacred only warns about an unknown key inside a nested dict
+  (``sgld_config.eps=1e-6``); ``parse(SGLDConfig, "sgld_config", sgld_config)`` turns the dict into a
+  frozen dataclass and fails with a ``TypeError`` naming the bad key and the accepted ones, and each
+  dataclass's ``__post_init__`` raises a ``ValueError`` naming the bad value and its range.
+  ``SGLDConfig`` (ε, γ, steps, chains, m, burn-in) and ``TrainingConfig`` (optimiser, step size,
+  momentum, batch, steps) are shared; ``require``, ``is_int`` and ``is_number`` build the rest.
+* **Device.** ``resolve_device("auto" | "cpu" | "cuda" | "cuda:1")`` and ``device_info`` for the run's
+  info (the device and its name).
+* **Seeds.** ``generators(seed, k)``: k independent ``torch.Generator``s from Sacred's root seed
+  through ``np.random.SeedSequence``; ``int_seed(g)`` draws a seed for code that takes an int.
+* **Records.** ``record_llc`` logs an ``LLCResult``'s λ̂ and diagnostics as Sacred metrics at a step
+  (λ̂ over training); ``log_traces`` logs its loss traces (thinned to ``MAX_POINTS_PER_METRIC``);
+  ``save_artifacts`` stores arrays, tensors and figures as artifacts, written to a temporary folder
+  first so a failure leaves no half-written file behind.
+* **Observer.** ``ex.option_hook(default_observer(ex, default_dir))``: without ``-F``/``-m`` (or
+  another observer flag) a run is stored under ``outputs/<expt_name or default_dir>/``.
+
+Importing this module also silences Sacred 0.8.7's import-time ``pkg_resources`` deprecation
+warning, which no user can act on: experiments take Sacred's ``Experiment`` from here
+(``from experiment import Experiment``) rather than importing Sacred first.
+"""
+
+import math
+import sys
+import tempfile
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+# Before Sacred is imported: sacred/dependencies.py imports pkg_resources, which warns on import.
+warnings.filterwarnings("ignore", message="pkg_resources is deprecated", category=UserWarning)
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from sacred import Experiment  # noqa: E402
+from sacred.arg_parser import get_config_updates  # noqa: E402
+from sacred.observers import FileStorageObserver  # noqa: E402
+
+from sgld import LLCResult  # noqa: E402
+
+__all__ = [
+    "Experiment",
+    "MAX_POINTS_PER_METRIC",
+    "OPTIMIZERS",
+    "SGLDConfig",
+    "TrainingConfig",
+    "default_observer",
+    "device_info",
+    "generators",
+    "int_seed",
+    "is_int",
+    "is_number",
+    "log_traces",
+    "make_optimizer",
+    "parse",
+    "progress",
+    "record_llc",
+    "require",
+    "resolve_device",
+    "save_artifacts",
+    "sgld_kwargs",
+    "thin",
+]
+
+OPTIMIZERS = ("sgd", "adam")
+MAX_POINTS_PER_METRIC = 1000  # thinning of traces logged as Sacred metrics
+OBSERVER_OPTIONS = ("--file_storage", "--mongo_db", "--sql", "--s3", "--gcs", "--unobserved", "--queue")
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def require(ok: bool, message: str) -> None:
+    """Raise ``ValueError(message)`` unless ``ok``: the one form of every config check.
+
+    Raises:
+        ValueError: If ``ok`` is false.
+    """
+    if not ok:
+        raise ValueError(message)
+
+
+def is_int(v: object) -> bool:
+    """True for an int that is not a bool (``True`` is no step count)."""
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def is_number(v: object) -> bool:
+    """True for a finite int or float that is not a bool."""
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def parse(cls: type, name: str, values: dict):
+    """Build a validated config dataclass from a nested config dict.
+
+    Sacred only warns about unknown nested keys (``sgld_config.eps=...``); this makes them fatal.
+
+    Args:
+        cls: A config dataclass, e.g. ``SGLDConfig``.
+        name: The dict's config key, for messages.
+        values: The dict from the config.
+
+    Returns:
+        The frozen dataclass.
+
+    Raises:
+        TypeError: If a key is not a field of ``cls`` or ``values`` is not a dict.
+        ValueError: If a value is out of range (from the dataclass).
+
+    Example:
+        >>> parse(SGLDConfig, "sgld_config", {"epsilon": 1e-5, "gamma": 1.0, "num_steps": 10,
+        ...                                   "num_chains": 2, "batch_size": 8}).num_steps
+        10
+        >>> parse(SGLDConfig, "sgld_config", {"eps": 1e-5})  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        TypeError: unknown config key sgld_config.eps; sgld_config accepts ['epsilon', 'gamma', ...]
+    """
+    if not isinstance(values, dict):
+        raise TypeError(f"{name} must be a dict of settings, got {values!r}")
+    accepted = [f.name for f in fields(cls)]
+    unknown = sorted(set(values) - set(accepted))
+    if unknown:
+        raise TypeError(f"unknown config key {name}.{unknown[0]}; {name} accepts {accepted}")
+    return cls(**values)
+
+
+@dataclass(frozen=True)
+class SGLDConfig:
+    """``sgld_config``: ε (``epsilon``, float > 0 or "auto"), γ, steps, chains, m, burn-in."""
+
+    epsilon: float | str
+    gamma: float
+    num_steps: int
+    num_chains: int
+    batch_size: int
+    num_burnin_steps: int = 0
+
+    def __post_init__(self) -> None:
+        eps = self.epsilon
+        require(eps == "auto" or (is_number(eps) and eps > 0),
+                f"sgld_config.epsilon must be a number > 0 or 'auto', got {eps!r}")
+        require(is_number(self.gamma) and self.gamma >= 0, f"sgld_config.gamma must be >= 0, got {self.gamma!r}")
+        for key in ("num_steps", "num_chains", "batch_size"):
+            value = getattr(self, key)
+            require(is_int(value) and value >= 1, f"sgld_config.{key} must be an int >= 1, got {value!r}")
+        require(is_int(self.num_burnin_steps) and 0 <= self.num_burnin_steps < self.num_steps,
+                f"sgld_config.num_burnin_steps must be an int in [0, num_steps={self.num_steps}), "
+                f"got {self.num_burnin_steps!r}")
+
+
+def sgld_kwargs(sgld: SGLDConfig) -> dict[str, Any]:
+    """The keyword arguments of ``sgld.estimate_llc`` that ``sgld_config`` sets."""
+    return dict(epsilon=sgld.epsilon, gamma=sgld.gamma, num_steps=sgld.num_steps, num_chains=sgld.num_chains,
+                batch_size=sgld.batch_size, num_burnin_steps=sgld.num_burnin_steps)
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    """``training_config``: optimiser (sgd | adam), step size, momentum, minibatch, steps."""
+
+    optim: str
+    learning_rate: float
+    momentum: float | None
+    batch_size: int
+    num_steps: int
+
+    def __post_init__(self) -> None:
+        require(self.optim in OPTIMIZERS,
+                f"unknown training_config.optim {self.optim!r}; choose from {list(OPTIMIZERS)}")
+        require(is_number(self.learning_rate) and self.learning_rate > 0,
+                f"training_config.learning_rate must be > 0, got {self.learning_rate!r}")
+        require(self.momentum is None or (is_number(self.momentum) and 0 <= self.momentum < 1),
+                f"training_config.momentum must be None or in [0, 1), got {self.momentum!r}")
+        for key in ("batch_size", "num_steps"):
+            value = getattr(self, key)
+            require(is_int(value) and value >= 1, f"training_config.{key} must be an int >= 1, got {value!r}")
+
+
+def make_optimizer(params, training: TrainingConfig, weight_decay: float = 0.0) -> torch.optim.Optimizer:
+    """``torch.optim.SGD`` (with ``momentum``, None meaning 0) or ``Adam`` (momentum ignored).
+
+    Args:
+        params: The parameters to train.
+        training: The validated ``training_config``.
+        weight_decay: L2 penalty coefficient added to the gradient.
+
+    Returns:
+        The optimiser.
+    """
+    if training.optim == "sgd":
+        return torch.optim.SGD(params, lr=training.learning_rate, momentum=training.momentum or 0.0,
+                               weight_decay=weight_decay)
+    return torch.optim.Adam(params, lr=training.learning_rate, weight_decay=weight_decay)
+
+
+# --------------------------------------------------------------------------- device and seeds
+
+
+def resolve_device(device: str) -> torch.device:
+    """The ``device`` config value as a ``torch.device``: "auto" is cuda when available, else cpu.
+
+    Args:
+        device: "auto", "cpu", "cuda" or "cuda:<index>".
+
+    Returns:
+        The device.
+
+    Raises:
+        ValueError: If the name is not one of those, or names a GPU this machine does not have.
+
+    Example:
+        >>> resolve_device("cpu")
+        device(type='cpu')
+    """
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:<index>', got {device!r}") from err
+    if dev.type not in ("cpu", "cuda"):
+        raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:<index>', got {device!r}")
+    if dev.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        require(count > 0, f"device={device!r} but torch sees no CUDA GPU here; use device=cpu or device=auto")
+        require(dev.index is None or dev.index < count,
+                f"device={device!r} but torch sees {count} CUDA GPU(s) (cuda:0 … cuda:{count - 1})")
+    return dev
+
+
+def device_info(device: torch.device) -> dict[str, str]:
+    """``{"device": "cuda:0", "device_name": "NVIDIA H200"}`` (the CPU's name is its architecture)."""
+    if device.type == "cuda":
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        return {"device": f"cuda:{index}", "device_name": torch.cuda.get_device_name(index)}
+    import platform
+
+    return {"device": "cpu", "device_name": platform.processor() or platform.machine()}
+
+
+def generators(seed: int, count: int) -> list[torch.Generator]:
+    """``count`` independent CPU torch generators from Sacred's root seed via ``np.random.SeedSequence``.
+
+    Example:
+        >>> a, b = generators(0, 2)
+        >>> bool(torch.rand(1, generator=a) != torch.rand(1, generator=b))
+        True
+    """
+    states = [s.generate_state(2, dtype=np.uint64) for s in np.random.SeedSequence(seed).spawn(count)]
+    return [torch.Generator().manual_seed(int(st[0] >> np.uint64(1))) for st in states]
+
+
+def int_seed(g: torch.Generator) -> int:
+    """A seed in [0, 2⁶²) drawn from ``g``, for code that takes an int seed (``estimate_llc``)."""
+    return int(torch.randint(0, 2**62, (1,), generator=g))
+
+
+def progress(verbose: bool) -> bool:
+    """Show progress bars when asked, or whenever stderr is a terminal."""
+    return verbose or sys.stderr.isatty()
+
+
+# --------------------------------------------------------------------------- records
+
+
+def thin(num_steps: int) -> range:
+    """At most ``MAX_POINTS_PER_METRIC`` evenly spaced steps of ``range(num_steps)``."""
+    return range(0, num_steps, max(1, math.ceil(num_steps / MAX_POINTS_PER_METRIC)))
+
+
+def log_traces(_run, result: LLCResult, prefix: str = "") -> None:
+    """Loss traces as Sacred metrics ``<prefix>sgld/loss/chain<c>``, ≤ 1000 points per chain."""
+    for c, trace in enumerate(result.loss_trace):
+        for t in thin(len(trace)):
+            _run.log_scalar(f"{prefix}sgld/loss/chain{c}", float(trace[t]), t)
+
+
+def record_llc(_run, result: LLCResult, step: int, prefix: str = "llc/") -> None:
+    """λ̂ and its evidence as Sacred metrics at ``step`` (a point of λ̂ over training).
+
+    Logs ``<prefix>mean`` (λ̂), ``std`` (across chains), ``init_loss`` (L(w*)), ``rhat``,
+    ``mala_acceptance``, ``num_diverged`` and ``epsilon``; NaN diagnostics are logged as NaN.
+
+    Args:
+        _run: The Sacred run.
+        result: The estimate at that step.
+        step: The training step.
+        prefix: Metric-name prefix.
+    """
+    values = {
+        "mean": result.lambdahat,
+        "std": result.lambdahat_std,
+        "init_loss": result.init_loss,
+        "rhat": result.rhat,
+        "mala_acceptance": result.mala_acceptance,
+        "num_diverged": float(np.sum(result.diverged)),
+        "epsilon": result.epsilon,
+    }
+    for key, value in values.items():
+        _run.log_scalar(prefix + key, float(value) if value is not None else float("nan"), step)
+
+
+def save_artifacts(_run, arrays: dict[str, np.ndarray] | None = None, tensors: dict[str, Any] | None = None,
+                   figures: dict[str, Any] | None = None) -> None:
+    """Store arrays (``<name>.npz``, one file), tensors (``torch.save``) and figures as run artifacts.
+
+    Each file is complete before Sacred sees it (written in a temporary folder), so an error
+    while writing leaves no half-written artifact.
+
+    Args:
+        _run: The Sacred run.
+        arrays: ``{artifact name: {array name: array}}`` saved with ``np.savez_compressed``.
+        tensors: ``{artifact name: object}`` saved with ``torch.save``.
+        figures: ``{artifact name: matplotlib Figure}`` saved with ``savefig`` (format from the name).
+    """
+    with tempfile.TemporaryDirectory() as tmp:
+        items = []
+        for name, content in (arrays or {}).items():
+            np.savez_compressed(Path(tmp) / name, **content)
+            items.append(name)
+        for name, obj in (tensors or {}).items():
+            torch.save(obj, Path(tmp) / name)
+            items.append(name)
+        for name, fig in (figures or {}).items():
+            fig.savefig(Path(tmp) / name, bbox_inches="tight")
+            items.append(name)
+        for name in items:
+            _run.add_artifact(str(Path(tmp) / name), name=name)
+
+
+# --------------------------------------------------------------------------- observer
+
+
+def default_observer(ex: Experiment, default_dir: str) -> Callable[[dict], None]:
+    """A Sacred option hook storing runs under ``outputs/<expt_name or default_dir>/`` by default.
+
+    An observer flag (``-F DIR``, ``-m host:port:db``, ...) or an observer already attached takes
+    precedence; commands such as ``print_config`` store nothing. Use it as
+    ``ex.option_hook(default_observer(ex, "dln"))`` before ``ex.run_commandline()``.
+
+    Args:
+        ex: The experiment.
+        default_dir: Folder name under ``outputs/`` when the config's ``expt_name`` is None.
+
+    Returns:
+        The hook, a function of Sacred's parsed command-line options.
+    """
+
+    def observe_by_default(options: dict) -> None:
+        if options.get("COMMAND") or any(options.get(flag) for flag in OBSERVER_OPTIONS) or ex.observers:
+            return
+        updates, named = get_config_updates(options.get("UPDATE") or [])
+        name = updates.get("expt_name")
+        for scope in (ex.named_configs.get(n) for n in named):
+            if name is None and callable(scope):
+                name = scope().get("expt_name")
+        ex.observers.append(FileStorageObserver(str(Path("outputs") / (name or default_dir))))
+
+    return observe_by_default
