@@ -6,8 +6,8 @@ from pathlib import Path
 
 import nbformat
 import pytest
-from ipykernel.kernelspec import write_kernel_spec
-from nbclient import NotebookClient
+
+from tests.notebook_runner import execute_notebook
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = sorted((ROOT / "notebooks").rglob("*.ipynb"))
@@ -28,18 +28,13 @@ def test_notebook_is_stripped(path):
     )
 
 
-@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
-def test_notebook_runs(path, sacred_runs, tmp_path, monkeypatch):
-    # A kernel spec for this interpreter, found before any the user installed.
-    write_kernel_spec(tmp_path / "kernels" / "python3")
-    monkeypatch.setenv("JUPYTER_PATH", str(tmp_path))
-    monkeypatch.setenv("RUNS_DIR", str(sacred_runs.dir))
-    monkeypatch.setenv("CURVE_RUNS_DIR", str(sacred_runs.curve_dir))
-    nb = nbformat.read(path, as_version=4)
+def test_every_notebook_is_executed_by_a_test():
+    # Each notebook is run top to bottom on real runs by a test (tests.notebook_runner.execute_notebook).
+    sources = "\n".join(p.read_text() for p in (ROOT / "tests").rglob("test_*.py"))
+    missing = [p.name for p in NOTEBOOKS if f'"{p.name}"' not in sources]
+    assert not missing, f"no test executes {missing}; call execute_notebook(name, env, tmp_path) in one"
 
-    NotebookClient(nb, timeout=120, kernel_name="python3",
-                   resources={"metadata": {"path": str(path.parent)}}).execute()
 
-    images = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs
-              if "image/png" in o.get("data", {})]
-    assert images, f"{path.name} drew no figure"
+def test_plots_final_runs(sacred_runs, tmp_path):
+    execute_notebook("plots_final.ipynb", {"RUNS_DIR": str(sacred_runs.dir),
+                                           "CURVE_RUNS_DIR": str(sacred_runs.curve_dir)}, tmp_path)
