@@ -33,6 +33,7 @@ import json
 import math
 import os
 import re
+import time
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -43,7 +44,7 @@ from typing import Any, Protocol
 import numpy as np
 import pandas as pd
 
-__all__ = ["RUN_COLUMNS", "METRIC_COLUMNS", "load_runs", "load_metrics"]
+__all__ = ["INDEX_COLUMNS", "METRIC_COLUMNS", "RUN_COLUMNS", "load_metrics", "load_runs", "run_index"]
 
 RUN_COLUMNS: tuple[str, ...] = (
     "run_id",  # Sacred's _id: an int, or the folder name where it is not one
@@ -60,8 +61,18 @@ RUN_COLUMNS: tuple[str, ...] = (
 )
 """The columns every ``load_runs`` frame starts with, before the config and info columns."""
 
+INDEX_COLUMNS: tuple[str, ...] = (
+    "run_id", "source", "status", "start_time", "heartbeat",
+    "mainfile",  # experiment.mainfile: the script, as Sacred records it
+    "named_configs",  # meta.named_configs: the named configs given on the command line
+    "config_updates",  # meta.config_updates: the command line's `with` updates, as a nested dict
+)
+"""The columns of a ``run_index`` frame: how each run was started, not what it found."""
+
 METRIC_COLUMNS: tuple[str, ...] = ("source", "run_id", "metric", "step", "value", "timestamp")
 """The columns of a ``load_metrics`` frame."""
+
+_READ_ATTEMPTS = 3  # tries to read a JSON file that a live run may be rewriting
 
 # MongoObserver adds {"name", "id"} links to its metrics documents under info["metrics"].
 _MONGO_METRIC_LINKS = "metrics"
@@ -81,7 +92,7 @@ class _RawRun:
 class _Source(Protocol):
     label: str
 
-    def runs(self) -> Iterator[_RawRun]: ...
+    def runs(self, with_meta: bool = False) -> Iterator[_RawRun]: ...
 
     def metrics(self, run_ids: list[int | str]) -> Iterator[tuple[int | str, str, dict]]: ...
 
@@ -159,6 +170,45 @@ def load_metrics(*sources: str | os.PathLike | Any, **filters: Any) -> pd.DataFr
     if not rows:
         return pd.DataFrame({c: pd.Series(dtype=object) for c in METRIC_COLUMNS})
     return pd.concat(rows, ignore_index=True)
+
+
+def run_index(*sources: str | os.PathLike | Any) -> pd.DataFrame:
+    """How each run was started: its script, named configs and config updates, and its status.
+
+    What ``sweep.py`` needs to match runs to the command lines that started them, without reading
+    configs, info or metrics. A folder that does not exist yet holds no runs.
+
+    Args:
+        *sources: As for ``load_runs``.
+
+    Returns:
+        A DataFrame with the ``INDEX_COLUMNS``, one row per run (``UNKNOWN`` status where
+        ``run.json`` cannot be read).
+
+    Raises:
+        ValueError: As for ``load_runs``.
+        ConnectionError: If a MongoDB cannot be read.
+        TypeError: If a source has an unsupported type.
+    """
+    rows = []
+    for source in sources:
+        if isinstance(source, (str, os.PathLike)) and not re.match(r"mongodb(\+srv)?://", str(source)) \
+                and not Path(source).exists():
+            continue
+        src = _open(source)
+        for raw in src.runs(with_meta=True):
+            meta = raw.run.get("meta") or {}
+            rows.append({
+                "run_id": raw.run_id,
+                "source": src.label,
+                "status": raw.run.get("status", "UNKNOWN"),
+                "start_time": _time(raw.run.get("start_time")),
+                "heartbeat": _time(raw.run.get("heartbeat")),
+                "mainfile": (raw.run.get("experiment") or {}).get("mainfile"),
+                "named_configs": list(meta.get("named_configs") or []),
+                "config_updates": _decode(meta.get("config_updates") or {}),
+            })
+    return pd.DataFrame(rows, columns=list(INDEX_COLUMNS))
 
 
 def _load(
@@ -352,7 +402,7 @@ class _FileSource:
     def _run_id(d: Path) -> int | str:
         return int(d.name) if d.name.isdigit() else d.name
 
-    def runs(self) -> Iterator[_RawRun]:
+    def runs(self, with_meta: bool = False) -> Iterator[_RawRun]:  # run.json always holds meta
         for d in self._dirs:
             errors: list[str] = []
             run = self._read(d, "run.json", errors, required=True)
@@ -364,16 +414,21 @@ class _FileSource:
     @staticmethod
     def _read(d: Path, name: str, errors: list[str], *, required: bool) -> dict[str, Any]:
         path = d / name
-        try:
-            with open(path) as f:
-                data = json.load(f)
-        except FileNotFoundError:
-            if required:
-                errors.append(f"{name} missing")
-            return {}
-        except (OSError, ValueError) as err:  # JSONDecodeError and UnicodeDecodeError
-            errors.append(f"{name} unreadable ({err})")
-            return {}
+        for attempt in range(_READ_ATTEMPTS):
+            try:
+                with open(path) as f:
+                    data = json.load(f)
+                break
+            except FileNotFoundError:
+                if required:
+                    errors.append(f"{name} missing")
+                return {}
+            except (OSError, ValueError) as err:  # JSONDecodeError and UnicodeDecodeError
+                # A live run rewrites run.json in place at every heartbeat: read it again first.
+                if attempt == _READ_ATTEMPTS - 1:
+                    errors.append(f"{name} unreadable ({err})")
+                    return {}
+                time.sleep(0.2)
         if not isinstance(data, dict):
             errors.append(f"{name} holds a {type(data).__name__}, not an object")
             return {}
@@ -436,8 +491,9 @@ class _MongoSource:
         client = pymongo.MongoClient(url, serverSelectionTimeoutMS=3000)
         return cls(client[db_name], label)
 
-    def runs(self) -> Iterator[_RawRun]:
-        for doc in self.db["runs"].find({}, self._SKIP).sort("_id", 1):
+    def runs(self, with_meta: bool = False) -> Iterator[_RawRun]:
+        skip = {k: v for k, v in self._SKIP.items() if not (with_meta and k == "meta")}
+        for doc in self.db["runs"].find({}, skip).sort("_id", 1):
             run_id = doc.pop("_id")
             config, info = doc.pop("config", None), doc.pop("info", None)
             errors = [f"{k} missing" for k, v in (("config", config), ("info", info)) if v is None]

@@ -46,8 +46,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pandas as pd
 from docopt import DocoptExit, docopt
 from tqdm import tqdm
+
+import results
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", UserWarning)  # sacred imports the deprecated pkg_resources
@@ -250,71 +253,60 @@ class _Run:
     where: str
 
 
-def _as_time(value: str | datetime | None) -> datetime | None:
-    if value is None or isinstance(value, datetime):
-        return value
-    return datetime.fromisoformat(value)
-
-
-def _run_from_record(record: dict, where: str) -> _Run:
-    meta = record.get("meta") or {}
-    return _Run(
-        key=run_key(
-            record.get("experiment", {}).get("mainfile", ""),
-            meta.get("named_configs") or [],
-            meta.get("config_updates") or {},
-        ),
-        status=record.get("status", ""),
-        start_time=_as_time(record.get("start_time")),
-        heartbeat=_as_time(record.get("heartbeat")),
-        where=where,
-    )
-
-
-def _file_runs(folder: str) -> list[_Run]:
-    runs = []
-    for run_json in Path(folder).glob("*/run.json"):
-        for attempt in range(3):
-            try:
-                record = json.loads(run_json.read_text())
-                break
-            except json.JSONDecodeError as e:  # a live run rewrites it at every heartbeat
-                if attempt == 2:
-                    raise RuntimeError(
-                        f"cannot read {run_json}: {e}; if no run is writing it, move that run folder away"
-                    ) from None
-                time.sleep(0.5)
-        runs.append(_run_from_record(record, f"run {run_json.parent.name} in {folder}"))
-    return runs
-
-
-def _mongo_runs(arg: str) -> list[_Run]:
-    import pymongo  # only for sweeps observed by Mongo
-
-    kw = parse_mongo_db_arg(arg)
-    fields = ["experiment.mainfile", "meta.named_configs", "meta.config_updates", "status", "start_time",
-              "heartbeat"]
-    try:
-        client = pymongo.MongoClient(kw.get("url", "localhost:27017"), serverSelectionTimeoutMS=5000)
-        db = client[kw.get("db_name", "sacred")]
-        docs = list(db[kw.get("collection", "runs")].find({}, {f: 1 for f in fields}))
-    except Exception as e:  # pymongo's errors, whatever their class: unreachable, auth, ...
-        raise RuntimeError(f"cannot read runs from the Mongo observer -m {arg}: {e}") from e
-    return [_run_from_record(doc, f"run {doc['_id']} in mongo {arg}") for doc in docs]
+def _as_time(value) -> datetime | None:
+    return None if pd.isna(value) else pd.Timestamp(value).to_pydatetime().replace(tzinfo=None)
 
 
 def _observer_runs(observer: tuple[str, str]) -> list[_Run]:
+    """The runs in a line's observer, read by results.py (the project's one reader of Sacred runs)."""
     kind, where = observer
-    return _file_runs(where) if kind == "file" else _mongo_runs(where)
+    if kind == "file":
+        source, label = where, f"in {where}"
+    else:
+        kw = parse_mongo_db_arg(where)
+        url = kw.get("url", "localhost:27017")
+        source = f"{url if '://' in url else 'mongodb://' + url}/{kw.get('db_name', 'sacred')}"
+        label = f"in mongo {where}"
+    try:
+        index = results.run_index(source)
+    except (ConnectionError, ValueError, PermissionError) as e:
+        raise RuntimeError(f"cannot read the runs of observer {where}: {e}") from e
+    return [
+        _Run(
+            key=run_key(r.mainfile or "", r.named_configs, r.config_updates),
+            status=r.status,
+            start_time=_as_time(r.start_time),
+            heartbeat=_as_time(r.heartbeat),
+            where=f"run {r.run_id} {label}",
+        )
+        for r in index.itertuples()
+    ]
 
 
-def _log_exit_code(key: str) -> int | None:
-    log = SWEEP_LOG_DIR / f"{key}.log"
+def _log_exit_code(command: Command) -> int | None:
+    """The exit code in the line's sweep log, if that log is of a run into the line's own observer.
+
+    Logs are named by run key, which leaves the observer out (so moving a folder keeps the keys):
+    a log written when the same line stored its runs elsewhere says nothing about this observer.
+    """
+    log = SWEEP_LOG_DIR / f"{command.key}.log"
     if not log.exists():
         return None
-    tail = log.read_bytes()[-200:].decode(errors="replace").splitlines()
-    match = _EXIT_TRAILER.match(tail[-1]) if tail else None
+    text = log.read_bytes().decode(errors="replace").splitlines()
+    try:
+        logged = parse_command(text[1][2:], command.lineno) if len(text) > 1 and text[1].startswith("# ") else None
+    except ValueError:
+        logged = None
+    if logged is None or _same_observer(logged.observer, command.observer) is False:
+        return None
+    match = _EXIT_TRAILER.match(text[-1]) if text else None
     return int(match.group(1)) if match else None
+
+
+def _same_observer(a: tuple[str, str], b: tuple[str, str]) -> bool:
+    if a[0] != b[0]:
+        return False
+    return Path(a[1]).resolve() == Path(b[1]).resolve() if a[0] == "file" else a[1] == b[1]
 
 
 # ---- SLURM submissions and the states of their array tasks --------------------------------------
@@ -406,7 +398,7 @@ def line_statuses(commands: list[Command], commands_file: Path) -> list[LineStat
         run = runs.get(c.key)
         task_state, task = slurm.get(c.key, (None, ""))
         queued = task_state in SLURM_ACTIVE
-        exit_code = _log_exit_code(c.key)
+        exit_code = _log_exit_code(c)
         if queued:  # a new attempt is on its way, whatever became of earlier ones
             running = task_state == "RUNNING" or (run is not None and run.status == "RUNNING")
             status, detail = ("running" if running else "not started"), f"SLURM task {task} {task_state}"
@@ -418,8 +410,8 @@ def line_statuses(commands: list[Command], commands_file: Path) -> list[LineStat
             detail = f"exit code {exit_code} before a run started; see {SWEEP_LOG_DIR / c.key}.log"
         elif task_state is not None and task_state != "COMPLETED":
             status, detail = "failed", f"SLURM task {task} {task_state} before a run started"
-        elif exit_code == 0:
-            status, detail = "failed", f"exited 0 but {c.observer[1]} holds no run with key {c.key}"
+        elif exit_code == 0:  # the observer decides: its run was moved or deleted, so run it again
+            status, detail = "not started", f"exited 0 before, but {c.observer[1]} holds no run with key {c.key}"
         else:
             status, detail = "not started", ""
         out.append(LineStatus(c, status, detail, queued))

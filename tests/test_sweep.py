@@ -9,6 +9,7 @@ import importlib.util
 import json
 import os
 import signal
+import shutil
 import subprocess
 import sys
 import time
@@ -85,8 +86,14 @@ def stored_runs(runs: Path) -> dict[str, list[dict]]:
     by_key: dict[str, list[dict]] = {}
     for path in sorted(runs.glob("*/run.json"), key=lambda p: int(p.parent.name)):
         record = json.loads(path.read_text())
-        by_key.setdefault(sweep._run_from_record(record, "").key, []).append(record)
+        by_key.setdefault(record_key(record), []).append(record)
     return by_key
+
+
+def record_key(record: dict) -> str:
+    """The run key of a stored run.json record, from what Sacred recorded of its command line."""
+    meta = record["meta"]
+    return sweep.run_key(record["experiment"]["mainfile"], meta["named_configs"], meta["config_updates"])
 
 
 def statuses(commands: Path) -> dict[int, str]:
@@ -100,7 +107,7 @@ def test_key_of_stored_run_matches_its_command_line(folder: Path) -> None:
     (record,) = [json.loads(p.read_text()) for p in (folder / "runs").glob("*/run.json")]
 
     key = sweep.parse_command(cmd).key
-    assert sweep._run_from_record(record, "").key == key
+    assert record_key(record) == key
     # The same run spelled differently has the same key; another value or named config does not.
     assert sweep.parse_command("python ./stand_in.py -F other with big seed=1 x=0.000002 sub.a=3").key == key
     assert sweep.parse_command("python stand_in.py -F runs with big sub.a=3 x=3e-6 seed=1").key != key
@@ -133,6 +140,26 @@ def test_bad_commands_files_are_refused(folder: Path) -> None:
     result = sweep_cli(folder, "local", "missing.txt")
     assert result.returncode == 2
     assert "sweep.py: error: commands file 'missing.txt' not found" in result.stderr
+
+
+def test_the_same_lines_into_a_fresh_folder_run_again(folder: Path) -> None:
+    # Logs are shared by every sweep (outputs/sweep_logs/<key>.log) and the key leaves the observer
+    # out: a line's state must come from its own observer, not from a log of a run stored elsewhere.
+    lines = ["python stand_in.py -F {} with x=1.0 seed=1", "python stand_in.py -F {} with no_such_key=3 seed=4"]
+    first = write_commands(folder, [line.format("runs_a") for line in lines])
+    assert sweep_cli(folder, "local", str(first), "--workers", "1").returncode == 1
+    assert statuses(first) == {1: "completed", 2: "failed"}
+
+    again = write_commands(folder, [line.format("runs_b") for line in lines], name="again.txt")
+    assert statuses(again) == {1: "not started", 2: "not started"}
+    result = sweep_cli(folder, "local", str(again), "--workers", "1")
+    assert "starting 2 lines" in result.stdout, result.stdout + result.stderr
+    assert [r[0]["status"] for r in stored_runs(folder / "runs_b").values()] == ["COMPLETED"]
+    assert statuses(again) == {1: "completed", 2: "failed"}
+
+    # A run deleted from its folder is not started, whatever its log says.
+    shutil.rmtree(folder / "runs_b")
+    assert statuses(again) == {1: "not started", 2: "failed"}
 
 
 def test_local_runs_in_parallel_resumes_and_retries_only_failed(folder: Path) -> None:

@@ -111,7 +111,9 @@ def test_sweep_runs_on_slurm_and_retries_only_the_failed_lines(slurm_env: dict[s
     runs = {}
     for run_dir in (tmp_path / "runs").glob("[0-9]*"):
         record = json.loads((run_dir / "run.json").read_text())
-        runs[sweep._run_from_record(record, "").key] = (record, run_dir)
+        meta = record["meta"]
+        runs[sweep.run_key(record["experiment"]["mainfile"], meta["named_configs"], meta["config_updates"])] = (
+            record, run_dir)
     assert runs.keys() == {keys[i] for i in keys if i != NO_RUN}
     assert runs[keys[FAILED_RUN]][0]["status"] == "FAILED"
     assert "epsilon" in runs[keys[FAILED_RUN]][0]["fail_trace"][-1]
