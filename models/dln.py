@@ -488,7 +488,9 @@ class SyntheticDLNData:
         """
         idx = torch.as_tensor(idx).reshape(-1)
         if idx.device.type == "cpu" and idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= self.n):
-            raise IndexError(f"sample indices must lie in [0, {self.n}), got min {int(idx.min())}, max {int(idx.max())}")
+            raise IndexError(
+                f"sample indices must lie in [0, {self.n}), got min {int(idx.min())}, max {int(idx.max())}"
+            )
         idx = idx.to(device=self.device, dtype=torch.int64)
         counter = idx[:, None] * self.input_dim + self._cols
         if self.input_dist == "uniform":
