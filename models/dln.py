@@ -26,6 +26,7 @@ References:
     Z. Furman, E. Lau (2024). Estimating the local learning coefficient at scale. arXiv:2402.03698.
 """
 
+import functools
 import math
 from collections.abc import Sequence
 from fractions import Fraction
@@ -388,6 +389,12 @@ def _key(seed: int, stream: int) -> int:
     return int(k)
 
 
+@functools.lru_cache(maxsize=64)
+def _hash_int(x: int) -> int:
+    """``_hash32`` of one Python int (a 0-d CPU tensor costs tens of µs: done once per key)."""
+    return int(_hash32(torch.tensor(x, dtype=torch.int64)))
+
+
 def _uniform(counter: torch.Tensor, key: int, wide: bool) -> torch.Tensor:
     """Uniform(0, 1] float32 from int64 counters ≥ 0: hash the low and high 32-bit words with ``key``.
 
@@ -406,7 +413,7 @@ def _uniform(counter: torch.Tensor, key: int, wide: bool) -> torch.Tensor:
     if wide:
         hi: torch.Tensor | int = _hash32((counter >> 32) ^ key)
     else:
-        hi = int(_hash32(torch.tensor(key)))
+        hi = _hash_int(key)
     h = _hash32(_hash32((counter & _MASK32) ^ hi) ^ key)
     return ((h >> 8).to(torch.float32) + 0.5) * 2.0**-24
 
