@@ -8,6 +8,7 @@ Hessian trace (``do_hessian_trace``) at w* are recorded.
 
     python expt_dln.py -F outputs/dln with sgld_config.epsilon=1e-5 true_param_config.rank=2
     python expt_dln.py with demo
+    python expt_dln.py with device=cuda:1 demo
 
 Without ``-F``/``-m`` (or another observer flag) the run is stored under ``outputs/<expt_name>/``
 (``outputs/dln/`` when ``expt_name`` is None). Every key of the reference experiment is accepted,
@@ -24,9 +25,14 @@ e.g. the reference README's command::
 Recorded in the run's info: every field of ``LLCResult.to_dict()`` (λ̂, its spread, per-chain and
 per-quarter values, R̂, ESS, MALA acceptance, divergence, ε and its calibration), the truth
 (``true_lambda``, ``true_multiplicity``, ``true_rank``, ``true_layer_ranks``, ``true_matrix_shape``,
-``model_dim``), ``trained_param_info``, ``functional_rank_info`` and ``hessian_trace_estimate``
-when asked for. Loss traces go to Sacred metrics (``sgld/loss/chain<c>``, at most 1000 points per
-chain) and, complete, to the artifact ``loss_traces.npz``.
+``model_dim``), where it ran (``device``, ``device_name``), and ``trained_param_info``,
+``functional_rank_info`` and ``hessian_trace_estimate`` when asked for. Loss traces go to Sacred
+metrics (``sgld/loss/chain<c>``, at most 1000 points per chain) and, complete, to the artifact
+``loss_traces.npz``.
+
+Everything (teacher, data, training, SGLD, Jacobian rank, Hessian trace) runs on ``device``; the
+seeds' streams start on the CPU, so a seed gives the same teacher and data inputs on every device.
+The hot loops read nothing back to the host but once every ``CHECK_EVERY`` steps.
 """
 
 import math
@@ -45,6 +51,7 @@ from experiment import (
     SGLDConfig,
     TrainingConfig,
     default_observer,
+    device_info,
     generators,
     int_seed,
     is_int,
@@ -54,6 +61,7 @@ from experiment import (
     parse,
     progress,
     require,
+    resolve_device,
     save_artifacts,
     sgld_kwargs,
     thin,
@@ -75,6 +83,7 @@ ex = Experiment("dln_lambdahat")
 
 MAX_JACOBIAN_ENTRIES = 50_000_000  # do_functional_rank materialises the Jacobian (float32)
 HUTCHINSON_PROBES = 100  # Rademacher probes for do_hessian_trace
+CHECK_EVERY = 100  # steps between finiteness checks in training (the loop's only reads from the device)
 
 
 @ex.config
@@ -117,6 +126,7 @@ def config():
     seed = 0  # root of all randomness (teacher, data, training, chains)
     save_true_param = False  # store w* as the artifact true_param.pt
     verbose = False  # print the teacher's ranks and show progress bars off a terminal too
+    device = "auto"  # where everything runs: "auto" (cuda if available, else cpu), "cpu", "cuda", "cuda:1"
 
 
 @ex.named_config
@@ -210,17 +220,18 @@ def check_setup(
 
 
 @ex.capture
-def make_teacher(teacher_cfg: TrueParamConfig, generator: torch.Generator, input_dim, layer_widths) -> DLN:
-    """The DLN at w* drawn by ``models.dln.make_true_params`` from ``generator``.
+def make_teacher(teacher_cfg: TrueParamConfig, generator: torch.Generator, device: torch.device, input_dim,
+                 layer_widths) -> DLN:
+    """The DLN at w* drawn by ``models.dln.make_true_params`` from ``generator``, on ``device``.
 
     Returns:
         The teacher network.
     """
     matrices = make_true_params(
         input_dim, layer_widths, teacher_cfg.method, prop_rank_reduce=teacher_cfg.prop_rank_reduce,
-        mean=teacher_cfg.mean, std=teacher_cfg.std, rank=teacher_cfg.rank, generator=generator,
+        mean=teacher_cfg.mean, std=teacher_cfg.std, rank=teacher_cfg.rank, generator=generator, device=device,
     )
-    return DLN(input_dim, layer_widths).set_matrices(matrices)
+    return DLN(input_dim, layer_widths).to(device).set_matrices(matrices)
 
 
 @ex.capture
@@ -250,13 +261,17 @@ def estimate(model: DLN, data: SyntheticDLNData, sgld: SGLDConfig, seed: int, nu
         The estimator's ``LLCResult``.
     """
     return estimate_llc(model, mse_loss, data, **sgld_kwargs(sgld), nbeta=num_training_data * itemp, seed=seed,
-                        loss_trace_minibatch=loss_trace_minibatch, progress=progress(verbose))
+                        loss_trace_minibatch=loss_trace_minibatch, progress=progress(verbose), device=data.device)
 
 
 @ex.capture
 def train(data: SyntheticDLNData, training: TrainingConfig, generator: torch.Generator, input_dim, layer_widths,
           verbose, _run) -> tuple[DLN, list[list[float]]]:
     """Train a student from a random init (entries N(0, 1/H_k)) on minibatches of the training data.
+
+    Runs on the data's device. Losses stay there until the end; their finiteness is checked every
+    ``CHECK_EVERY`` steps (a read-back stalls a GPU's queue, so not every step), and a non-finite
+    loss stops training with the first bad step named.
 
     Returns:
         The trained DLN and [[step, minibatch loss], …] at ≤ 100 evenly spaced steps (all ≤ 1000
@@ -265,25 +280,30 @@ def train(data: SyntheticDLNData, training: TrainingConfig, generator: torch.Gen
     Raises:
         FloatingPointError: If the training loss becomes NaN or infinite.
     """
-    model = DLN(input_dim, layer_widths).set_matrices(
-        make_true_params(input_dim, layer_widths, "random", generator=generator))
+    device, num_steps = data.device, training.num_steps
+    model = DLN(input_dim, layer_widths).to(device).set_matrices(
+        make_true_params(input_dim, layer_widths, "random", generator=generator, device=device))
     opt = make_optimizer(model.parameters(), training)
-    logged, summary_every = set(thin(training.num_steps)), max(1, math.ceil(training.num_steps / 100))
-    losses = []
-    for t in tqdm(range(training.num_steps), desc="training", disable=not progress(verbose)):
-        x, y = data.get_batch(torch.randint(len(data), (training.batch_size,), generator=generator))
+    batches = torch.Generator(device=device).manual_seed(int_seed(generator))  # indices drawn where they are used
+    trace = torch.empty(num_steps, device=device)
+    for t in tqdm(range(num_steps), desc="training", disable=not progress(verbose)):
+        x, y = data.get_batch(torch.randint(len(data), (training.batch_size,), generator=batches, device=device))
         loss = mse_loss(model(x), y)
-        if not math.isfinite(loss.item()):
-            raise FloatingPointError(f"training loss is {loss.item()} at step {t}; lower "
-                                     f"training_config.learning_rate (now {training.learning_rate})")
         opt.zero_grad()
         loss.backward()
         opt.step()
-        if t in logged:
-            _run.log_scalar("train/loss", loss.item(), t)
-        if t % summary_every == 0 or t == training.num_steps - 1:
-            losses.append([t, loss.item()])
-    return model, losses
+        trace[t] = loss.detach()
+        if (t + 1) % CHECK_EVERY == 0 or t == num_steps - 1:
+            bad = torch.nonzero(~torch.isfinite(trace[: t + 1]))
+            if len(bad):
+                first = int(bad[0])
+                raise FloatingPointError(f"training loss is {float(trace[first])} at step {first}; lower "
+                                         f"training_config.learning_rate (now {training.learning_rate})")
+    losses = trace.cpu().tolist()
+    for t in thin(num_steps):
+        _run.log_scalar("train/loss", losses[t], t)
+    summary_every = max(1, math.ceil(num_steps / 100))
+    return model, [[t, losses[t]] for t in range(num_steps) if t % summary_every == 0 or t == num_steps - 1]
 
 
 def _flat_function(model: DLN, x: torch.Tensor):
@@ -320,7 +340,7 @@ def functional_rank(model: DLN, x: torch.Tensor) -> tuple[dict, np.ndarray]:
     sv = torch.linalg.svdvals(jac.double())
     rank = int((sv > rtol * sv[0]).sum())
     return dict(functional_rank=rank, jacobian_shape=list(jac.shape), max_singular_value=float(sv[0]),
-                rtol=rtol), sv.numpy()
+                rtol=rtol), sv.cpu().numpy()
 
 
 def hessian_trace(model: DLN, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator,
@@ -343,7 +363,7 @@ def hessian_trace(model: DLN, x: torch.Tensor, y: torch.Tensor, generator: torch
     g = grad(lambda v: mse_loss(forward(v), y))
     quad = []
     for _ in range(num_probes):
-        z = torch.randint(0, 2, w.shape, generator=generator).to(w.dtype) * 2 - 1
+        z = torch.randint(0, 2, w.shape, generator=generator, device=generator.device).to(w) * 2 - 1
         quad.append(float(z @ jvp(g, (w,), (z,))[1]))
     return dict(estimate=float(np.mean(quad)), std_error=float(np.std(quad, ddof=1) / math.sqrt(num_probes)),
                 num_probes=num_probes)
@@ -354,21 +374,24 @@ def sgld_distances(model: DLN, data: SyntheticDLNData, sgld: SGLDConfig, epsilon
                    generator: torch.Generator, num_training_data, itemp) -> np.ndarray:
     """‖w_t − w*‖ along one extra SGLD chain (``sgld.SGLD``) with the estimate's ε, γ, nβ, m.
 
+    Runs on the data's device, with the distances kept there until the end.
+
     Returns:
         The (num_steps,) distances.
     """
-    student = DLN(model.input_dim, model.layer_widths).set_matrices(model.matrices())
-    opt = SGLD(student.parameters(), epsilon=epsilon, nbeta=num_training_data * itemp, gamma=sgld.gamma,
-               generator=generator)
+    device = data.device
+    student = DLN(model.input_dim, model.layer_widths).to(device).set_matrices(model.matrices())
+    g = torch.Generator(device=device).manual_seed(int_seed(generator))
+    opt = SGLD(student.parameters(), epsilon=epsilon, nbeta=num_training_data * itemp, gamma=sgld.gamma, generator=g)
     w_star = torch.cat([m.reshape(-1) for m in model.matrices()])
-    out = np.empty(sgld.num_steps)
+    out = torch.empty(sgld.num_steps, device=device, dtype=torch.float64)
     for t in range(sgld.num_steps):
-        x, y = data.get_batch(torch.randint(len(data), (sgld.batch_size,), generator=generator))
+        x, y = data.get_batch(torch.randint(len(data), (sgld.batch_size,), generator=g, device=device))
         opt.zero_grad()
         mse_loss(student(x), y).backward()
         opt.step()
-        out[t] = float(torch.cat([m.reshape(-1) for m in student.matrices()]).sub(w_star).norm())
-    return out
+        out[t] = torch.cat([m.reshape(-1) for m in student.matrices()]).sub(w_star).norm()
+    return out.cpu().numpy()
 
 
 def _print_summary(result: LLCResult, truth: dict, label: str = "w*") -> None:
@@ -384,17 +407,18 @@ def _print_summary(result: LLCResult, truth: dict, label: str = "w*") -> None:
 
 @ex.main
 def run(_run, sgld_config, true_param_config, training_config, num_training_data, num_test_data, input_dist,
-        do_training, do_compute_distance, do_functional_rank, do_hessian_trace, save_true_param, seed) -> dict:
-    """Teacher → data → λ̂(w*) [→ trained student → λ̂] → diagnostics → records."""
+        do_training, do_compute_distance, do_functional_rank, do_hessian_trace, save_true_param, seed, device) -> dict:
+    """Device → teacher → data → λ̂(w*) [→ trained student → λ̂] → diagnostics → records."""
     sgld = parse(SGLDConfig, "sgld_config", sgld_config)
     teacher_cfg = parse(TrueParamConfig, "true_param_config", true_param_config)
     training = parse(TrainingConfig, "training_config", training_config)
+    dev = resolve_device(device)
     check_setup(sgld, training)
     g_teacher, g_data, g_test, g_train, g_sgld, g_extra = generators(seed, 6)
-    teacher = make_teacher(teacher_cfg, g_teacher)
+    teacher = make_teacher(teacher_cfg, g_teacher, dev)
     truth = describe_truth(teacher)
     data = SyntheticDLNData(teacher.product(), num_training_data, input_dist=input_dist, seed=int_seed(g_data))
-    _run.info.update(truth)
+    _run.info.update({**device_info(dev), **truth})
     result = estimate(teacher, data, sgld, int_seed(g_sgld))
     _run.info.update(result.to_dict())
     log_traces(_run, result, "")
@@ -409,7 +433,8 @@ def run(_run, sgld_config, true_param_config, training_config, num_training_data
     if do_functional_rank:
         _run.info["functional_rank_info"], arrays["jacobian_singular_values"] = functional_rank(teacher, x_test)
     if do_hessian_trace:
-        _run.info["hessian_trace_estimate"] = hessian_trace(teacher, x_test, y_test, g_extra)
+        probes = torch.Generator(device=dev).manual_seed(int_seed(g_extra))  # z drawn where H z is computed
+        _run.info["hessian_trace_estimate"] = hessian_trace(teacher, x_test, y_test, probes)
     if do_training:
         student, losses = train(data, training, g_train)
         trained = estimate(student, data, sgld, int_seed(g_sgld))
@@ -419,7 +444,7 @@ def run(_run, sgld_config, true_param_config, training_config, num_training_data
         arrays["trained_loss_trace"] = trained.loss_trace
         _print_summary(trained, truth, label="trained")
     save_artifacts(_run, arrays={"loss_traces.npz": arrays},
-                   tensors={"true_param.pt": teacher.matrices()} if save_true_param else None)
+                   tensors={"true_param.pt": [w.cpu() for w in teacher.matrices()]} if save_true_param else None)
     for obs in _run.observers:
         print(f"run stored in {Path(obs.dir).resolve() if hasattr(obs, 'dir') else obs}")
     return dict(lambdahat=result.lambdahat, lambdahat_std=result.lambdahat_std, true_lambda=truth["true_lambda"])

@@ -26,6 +26,7 @@ References:
     Z. Furman, E. Lau (2024). Estimating the local learning coefficient at scale. arXiv:2402.03698.
 """
 
+import functools
 import math
 from collections.abc import Sequence
 from fractions import Fraction
@@ -231,9 +232,20 @@ def true_lambda(rank: int, input_dim: int, layer_widths: Sequence[int]) -> tuple
     return float(lam), 1 if a == ell else 2
 
 
-def _haar_orthogonal(n: int, generator: torch.Generator) -> torch.Tensor:
-    """Uniformly (Haar) random n × n orthogonal matrix: QR of a Gaussian with sign fix."""
-    q, r = torch.linalg.qr(torch.randn(n, n, generator=generator, dtype=torch.float64))
+def _haar_orthogonal(
+    n: int, generator: torch.Generator, cols: int | None = None, device: torch.device | str | None = None
+) -> torch.Tensor:
+    """The first ``cols`` (default n) columns of a Haar-random n × n orthogonal matrix, in float64.
+
+    QR of a Gaussian with the sign fix. The Gaussian is drawn on the generator's device (the CPU
+    in the experiments, so a seed gives the same teacher everywhere); the QR runs on ``device``
+    and only on the kept columns: Gram–Schmidt makes the first k columns of Q depend only on the
+    first k columns of the Gaussian, so a thin QR gives the same columns at a fraction of the cost
+    (seconds instead of minutes for 5000 × 5000 with 500 columns on a CPU).
+    """
+    cols = n if cols is None else cols
+    gauss = torch.randn(n, n, generator=generator, dtype=torch.float64, device=generator.device)[:, :cols]
+    q, r = torch.linalg.qr(gauss.to(device if device is not None else gauss.device))
     return q * torch.sign(torch.diagonal(r)).masked_fill(torch.diagonal(r) == 0, 1.0)
 
 
@@ -241,8 +253,8 @@ def _with_rank(
     shape: tuple[int, int], rank: int, singular_values: torch.Tensor, generator: torch.Generator
 ) -> torch.Tensor:
     """U diag(s) Vᵀ with Haar-random U, V and s = ``singular_values[:rank]``."""
-    u = _haar_orthogonal(shape[0], generator)[:, :rank]
-    v = _haar_orthogonal(shape[1], generator)[:, :rank]
+    u = _haar_orthogonal(shape[0], generator, rank)
+    v = _haar_orthogonal(shape[1], generator, rank)
     return (u * singular_values[:rank].to(torch.float64)) @ v.T
 
 
@@ -261,6 +273,7 @@ def make_true_params(
     std: float = 5.0,
     rank: int | None = None,
     generator: torch.Generator,
+    device: torch.device | str | None = None,
 ) -> list[torch.Tensor]:
     """Teacher weights w* = [W₁, …, W_N] (float32, W_k of shape ``(H_{k+1}, H_k)``).
 
@@ -288,10 +301,13 @@ def make_true_params(
         mean: Mean of the singular-value Gaussian (``rand_rank_sv``).
         std: Standard deviation of the singular-value Gaussian (``rand_rank_sv``).
         rank: r for ``low_rank``; ignored by the other methods.
-        generator: The only source of randomness.
+        generator: The only source of randomness. Its draws do not depend on ``device``, so a
+            CPU generator gives the same teacher on every device (up to the QR's rounding).
+        device: Where the matrices are built and returned; default the generator's device.
+            ``low_rank`` does its QRs there (at 5000-wide layers a GPU takes well under a second).
 
     Returns:
-        The layer matrices [W₁, …, W_N].
+        The layer matrices [W₁, …, W_N], on ``device``.
 
     Raises:
         ValueError: If ``method`` is unknown, ``prop_rank_reduce`` is outside [0, 1], ``std`` < 0,
@@ -313,15 +329,16 @@ def make_true_params(
     shapes = [(h_out, h_in) for h_in, h_out in zip(dims[:-1], dims[1:])]
     g = generator
 
+    device = torch.device(device) if device is not None else g.device
     if method == "zero":
-        return [torch.zeros(s) for s in shapes]
+        return [torch.zeros(s, device=device) for s in shapes]
     if method == "low_rank":
         if rank is None:
             rank = _randint(0, min(dims) + 1, g)
         if isinstance(rank, bool) or not isinstance(rank, int) or not 0 <= rank <= min(dims):
             raise ValueError(f"rank must be an int in [0, {min(dims)}] (the narrowest width), got {rank!r}")
-        qs = [_haar_orthogonal(h, g)[:, :rank] for h in dims]
-        return [(qs[k + 1] @ _haar_orthogonal(rank, g) @ qs[k].T).float() for k in range(len(shapes))]
+        qs = [_haar_orthogonal(h, g, rank, device) for h in dims]
+        return [(qs[k + 1] @ _haar_orthogonal(rank, g, device=device) @ qs[k].T).float() for k in range(len(shapes))]
 
     out = []
     for h_out, h_in in shapes:
@@ -340,7 +357,7 @@ def make_true_params(
             k = _randint(0, full, g) if reduce else full
             s = (mean + std * torch.randn(full, generator=g, dtype=torch.float64)).abs()
             out.append(_with_rank((h_out, h_in), k, s, g).float())
-    return out
+    return [w.to(device) for w in out]
 
 
 _MASK32 = 0xFFFFFFFF
@@ -355,7 +372,8 @@ def _mul32(x: torch.Tensor, c: int) -> torch.Tensor:
 def _hash32(x: torch.Tensor) -> torch.Tensor:
     """A bijective 32-bit integer mixer (xorshift-multiply, "lowbias32" constants by C. Wellons).
 
-    Works on int64 tensors holding values in [0, 2³²); every intermediate stays below 2⁴⁹.
+    Works on int64 tensors holding values in [0, 2³²); every intermediate stays below 2⁴⁹, so the
+    result is exact integer arithmetic, the same on every device.
     """
     x = x ^ (x >> 16)
     x = _mul32(x, 0x7FEB352D)
@@ -371,16 +389,31 @@ def _key(seed: int, stream: int) -> int:
     return int(k)
 
 
-def _uniform(counter: torch.Tensor, key: int) -> torch.Tensor:
-    """Uniform(0, 1) float32 from int64 counters ≥ 0: hash the low and high 32-bit words with ``key``.
+@functools.lru_cache(maxsize=64)
+def _hash_int(x: int) -> int:
+    """``_hash32`` of one Python int (a 0-d CPU tensor costs tens of µs: done once per key)."""
+    return int(_hash32(torch.tensor(x, dtype=torch.int64)))
 
-    For counters < 2³² the map is a bijection, so no two counters share a value before truncation.
+
+def _uniform(counter: torch.Tensor, key: int, wide: bool) -> torch.Tensor:
+    """Uniform(0, 1] float32 from int64 counters ≥ 0: hash the low and high 32-bit words with ``key``.
+
+    u = (⌊h / 2⁸⌋ + ½) · 2⁻²⁴ for the 32-bit hash h: an exact int → float conversion, then one
+    correctly rounded addition (ties to even, so the largest value rounds to 1) and an exact scaling,
+    each an IEEE-754 operation that CPUs and GPUs carry out identically. For counters < 2³² the map
+    is a bijection, so no two counters share a value before truncation.
+
+    Args:
+        counter: Int64 counters, any shape, on any device.
+        key: The stream's key (``_key``).
+        wide: False if every counter is < 2³² (the high word is then 0 and hashed once, as a
+            Python int, instead of per entry); decided from n by the caller, so no device value is
+            ever read back to the host. Both settings give the same values.
     """
-    high_words = counter >> 32
-    if int(high_words.max()) == 0:  # the common case: skip hashing an all-zero word per entry
-        hi: torch.Tensor | int = int(_hash32(torch.tensor(key)))
+    if wide:
+        hi: torch.Tensor | int = _hash32((counter >> 32) ^ key)
     else:
-        hi = _hash32(high_words ^ key)
+        hi = _hash_int(key)
     h = _hash32(_hash32((counter & _MASK32) ^ hi) ^ key)
     return ((h >> 8).to(torch.float32) + 0.5) * 2.0**-24
 
@@ -392,6 +425,13 @@ class SyntheticDLNData:
     i·H₁ + j (int64 arithmetic kept inside 32 bits). Memory is O(batch × H₁) whatever n is, any
     index set is produced in one vectorised call, and the same (seed, i) always gives the same x_i.
 
+    Batches are made on the teacher's device (a GPU makes them without any transfer from the
+    host), and ``uniform`` inputs are bit-identical on every device: integer hashing, exact
+    conversions and single correctly rounded float32 operations leave no room for a device to
+    differ. ``unit_ball`` inputs go through log, cos and sqrt, whose last bits differ between
+    math libraries, so they agree across devices only to float32 round-off; so does y, a float64
+    matrix product (whose summation order depends on the device and the batch) rounded to float32.
+
     Inputs (``input_dist``):
 
     * ``uniform``: each coordinate uniform on [−10, 10] (the paper's DLN experiments).
@@ -401,7 +441,8 @@ class SyntheticDLNData:
     the teacher is L_n(w*) = 0 and every true parameter is a global minimiser.
 
     Args:
-        teacher: W* of shape ``(H_{N+1}, H₁)`` (e.g. ``DLN.product()``).
+        teacher: W* of shape ``(H_{N+1}, H₁)`` (e.g. ``DLN.product()``), on the device where
+            batches are to be made.
         n: Number of samples.
         input_dist: One of ``INPUT_DISTS``.
         seed: Root of the input stream; different seeds give independent data sets.
@@ -425,38 +466,45 @@ class SyntheticDLNData:
             raise ValueError(f"unknown input_dist {input_dist!r}; choose from {list(INPUT_DISTS)}")
         self.teacher = teacher.detach().to(torch.float32)
         self._teacher64 = self.teacher.double()
+        self.device = self.teacher.device
         self.n = int(n)
         self.input_dim = teacher.shape[1]
         self.input_dist = input_dist
         self.seed = int(seed)
         self._keys = [_key(self.seed, s) for s in range(3)]
+        self._wide = self.n * self.input_dim > 2**32  # some counters i·H₁ + j need their high word
+        self._cols = torch.arange(self.input_dim, dtype=torch.int64, device=self.device)
 
     def __len__(self) -> int:
         """n, the number of samples."""
         return self.n
 
     def inputs(self, idx: torch.Tensor) -> torch.Tensor:
-        """x_i for each i in ``idx``.
+        """x_i for each i in ``idx``, made on the teacher's device.
 
         Args:
-            idx: Int tensor of sample indices in [0, n), shape ``(batch,)``.
+            idx: Int tensor of sample indices in [0, n), shape ``(batch,)``. Indices on the CPU
+                are checked; on a GPU the check would stall the device on every batch (it reads a
+                value back), so there they are trusted (``sgld`` draws them in range).
 
         Returns:
             Float32 inputs of shape ``(batch, H₁)``.
 
         Raises:
-            IndexError: If an index is outside [0, n).
+            IndexError: If an index on the CPU is outside [0, n).
         """
-        idx = torch.as_tensor(idx, dtype=torch.int64).reshape(-1)
-        if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= self.n):
-            raise IndexError(f"sample indices must lie in [0, {self.n}), got min {int(idx.min())}, max {int(idx.max())}")
-        d = self.input_dim
-        counter = idx[:, None] * d + torch.arange(d, dtype=torch.int64)
+        idx = torch.as_tensor(idx).reshape(-1)
+        if idx.device.type == "cpu" and idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= self.n):
+            raise IndexError(
+                f"sample indices must lie in [0, {self.n}), got min {int(idx.min())}, max {int(idx.max())}"
+            )
+        idx = idx.to(device=self.device, dtype=torch.int64)
+        counter = idx[:, None] * self.input_dim + self._cols
         if self.input_dist == "uniform":
-            return 20.0 * _uniform(counter, self._keys[0]) - 10.0
-        u1, u2 = _uniform(counter, self._keys[0]), _uniform(counter, self._keys[1])
+            return 20.0 * _uniform(counter, self._keys[0], self._wide) - 10.0
+        u1, u2 = _uniform(counter, self._keys[0], self._wide), _uniform(counter, self._keys[1], self._wide)
         gauss = torch.sqrt(-2.0 * torch.log(u1)) * torch.cos(2.0 * math.pi * u2)
-        radius = _uniform(idx, self._keys[2]) ** (1.0 / d)
+        radius = _uniform(idx, self._keys[2], self._wide) ** (1.0 / self.input_dim)
         return gauss * (radius / gauss.norm(dim=1))[:, None]
 
     def get_batch(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -466,12 +514,13 @@ class SyntheticDLNData:
             idx: Int tensor of sample indices in [0, n), shape ``(batch,)``.
 
         Returns:
-            ``(x, y)`` of shapes ``(batch, H₁)`` and ``(batch, H_{N+1})``.
+            ``(x, y)`` of shapes ``(batch, H₁)`` and ``(batch, H_{N+1})``, on the teacher's device.
         """
         x = self.inputs(idx)
         # y in float64, then rounded: a float32 matmul takes different BLAS paths for one row and
         # for many (and on CPU and GPU), which changes y_i in the last bits. In float64 those
-        # differences sit far below float32's resolution, so y_i is the same whatever the batch.
+        # differences sit far below float32's resolution, so y_i is the same whatever the batch
+        # (except in the rare case that it lies within float64 round-off of a float32 tie).
         return x, (x.double() @ self._teacher64.T).float()
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:

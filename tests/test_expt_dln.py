@@ -2,6 +2,8 @@
 
 import json
 import shlex
+import subprocess
+import sys
 from types import SimpleNamespace
 
 import numpy as np
@@ -84,6 +86,30 @@ def test_tiny_run_records_everything(observed) -> None:
     assert [tuple(w.shape) for w in teacher] == [(4, 3), (2, 4)]
 
 
+def test_command_line_run_records_its_device(tmp_path) -> None:
+    """``python expt_dln.py -F DIR with device=cpu ...`` runs there and says so in the run's info."""
+    command = [sys.executable, "expt_dln.py", "-F", str(tmp_path), "with", "device=cpu", "input_dim=3",
+               "layer_widths=[4, 2]", "num_training_data=200", "sgld_config.num_steps=20",
+               "sgld_config.num_burnin_steps=10", "sgld_config.batch_size=20", "sgld_config.num_chains=2",
+               "do_training=True", "training_config.optim=adam", "training_config.num_steps=20",
+               "training_config.batch_size=20"]
+    done = subprocess.run(command, capture_output=True, text=True, cwd=expt_dln.__file__.rsplit("/", 1)[0])
+    assert done.returncode == 0, done.stderr
+    info = json.loads((tmp_path / "1" / "info.json").read_text())
+    assert info["device"] == "cpu" and isinstance(info["device_name"], str) and info["device_name"]
+    assert np.isfinite(info["lambdahat"]) and len(info["trained_param_info"]["training_losses"]) == 20
+
+
+def test_training_divergence_names_its_first_bad_step() -> None:
+    """The loss is checked every CHECK_EVERY steps, not every step, but the first bad step is named."""
+    updates = {**TINY, "do_functional_rank": False, "do_hessian_trace": False, "do_compute_distance": False,
+               "training_config": {"optim": "sgd", "learning_rate": 50.0, "num_steps": 250, "batch_size": 20}}
+    with pytest.raises(FloatingPointError, match=r"training loss is (nan|inf) at step (\d+); lower") as err:
+        ex.run(config_updates=updates)
+    step = int(str(err.value).split(" at step ")[1].split(";")[0])
+    assert step < expt_dln.CHECK_EVERY  # SGD at learning rate 50 on inputs of size ~10 blows up at once
+
+
 def test_same_seed_same_estimate() -> None:
     updates = {**TINY, "do_training": False, "do_functional_rank": False, "do_hessian_trace": False,
                "do_compute_distance": False, "save_true_param": False}
@@ -123,6 +149,8 @@ def test_epsilon_auto_records_the_calibration() -> None:
         ({"input_dist": "gauss"}, ValueError, r"unknown input_dist 'gauss'; choose from \['uniform', 'unit_ball'\]"),
         ({"true_param_config": {"rank": 9}}, ValueError, r"rank must be an int in \[0, 2\]"),
         ({"num_test_data": 10**7}, ValueError, r"lower num_test_data or set do_functional_rank=False"),
+        ({"device": "gpu"}, ValueError, r"device must be 'auto', 'cpu', 'cuda' or 'cuda:<index>', got 'gpu'"),
+        ({"device": "cuda:99"}, ValueError, r"device='cuda:99' but torch sees"),  # no such GPU, here or anywhere
     ],
 )
 def test_bad_config_fails_clearly(updates: dict, error: type, match: str) -> None:
@@ -137,7 +165,7 @@ def test_config_dataclasses_accept_every_reference_key() -> None:
     assert parse(TrainingConfig, "training_config", config["training_config"]).optim == "sgd"
     for key in ["expt_name", "loss_trace_minibatch", "do_compute_distance", "layer_widths", "input_dim", "input_dist",
                 "num_training_data", "itemp", "num_test_data", "do_training", "do_functional_rank",
-                "do_hessian_trace", "seed", "save_true_param", "verbose"]:
+                "do_hessian_trace", "seed", "save_true_param", "verbose", "device"]:
         assert key in config, key
 
 

@@ -226,13 +226,82 @@ def test_data_is_a_pure_function_of_seed_and_index() -> None:
     assert torch.equal(x2[0], x[1])
     xi, yi = data[999]
     assert torch.equal(xi, x[1]) and torch.equal(yi, y[1])
-    # y is x W*ᵀ rounded from float64, so it does not depend on how many rows the batch has.
+    # y is x W*ᵀ rounded from float64, so it does not depend on how many rows the batch has:
+    # any summation order (BLAS path, thread count, FMA) changes the float64 sum by at most
+    # H₁·2⁻⁵³·Σ_j |x_j W*_kj| (Higham 2002, §3.1), and here every y lies farther than that from a
+    # float32 rounding tie, so the rounded y is the same on every machine.
     torch.testing.assert_close(y, x @ teacher.T)
+    y64 = x.double() @ teacher.double().T
+    bound = 5 * 2.0**-53 * (x.double().abs() @ teacher.double().abs().T)
+    lo = y.double()
+    ulp = (torch.nextafter(y, torch.full_like(y, math.inf)) - y).double()
+    tie_distance = torch.minimum((y64 - (lo - ulp / 2)).abs(), (y64 - (lo + ulp / 2)).abs())
+    assert bool((tie_distance > bound).all())
     y_alone = torch.stack([data.get_batch(torch.tensor([int(i)]))[1][0] for i in idx])
     assert torch.equal(y_alone, y)
     other, _ = SyntheticDLNData(teacher, n=1000, seed=8).get_batch(idx)
     assert not torch.allclose(other, x)
     assert len(data) == 1000
+
+
+def _np_hash32(x: np.ndarray) -> np.ndarray:
+    """lowbias32 in numpy's wrapping uint32 arithmetic: an independent reimplementation."""
+    x = x.astype(np.uint32)
+    x ^= x >> np.uint32(16)
+    x *= np.uint32(0x7FEB352D)
+    x ^= x >> np.uint32(15)
+    x *= np.uint32(0x846CA68B)
+    return x ^ (x >> np.uint32(16))
+
+
+def _np_uniform_inputs(seed: int, idx: np.ndarray, input_dim: int) -> np.ndarray:
+    """``uniform`` inputs x_i ∈ [−10, 10]^H₁ written out in numpy, as the class documents them."""
+    mask = np.uint64(0xFFFFFFFF)
+    seed64 = np.uint64(seed)
+    k = _np_hash32(np.array([(seed64 & mask) ^ np.uint64(0x9E3779B9)]))
+    key = _np_hash32(k ^ np.uint32(((seed >> 32) + 0x632BE5AB) & 0xFFFFFFFF))[0]  # stream 0
+    counter = idx.astype(np.uint64)[:, None] * np.uint64(input_dim) + np.arange(input_dim, dtype=np.uint64)
+    hi = _np_hash32((counter >> np.uint64(32)).astype(np.uint32) ^ key)
+    h = _np_hash32(_np_hash32((counter & mask).astype(np.uint32) ^ hi) ^ key)
+    u = ((h >> np.uint32(8)).astype(np.float32) + np.float32(0.5)) * np.float32(2.0**-24)
+    return np.float32(20.0) * u - np.float32(10.0)
+
+
+@pytest.mark.parametrize("n", [1000, 2**40])  # counters below 2³², and counters using the high word
+def test_inputs_are_bit_identical_to_integer_hashing_written_in_numpy(n: int) -> None:
+    """x is exact integer arithmetic plus correctly rounded float32 steps: any device must match it.
+
+    A GPU cannot be tested here; what makes it give the same bits as the CPU is that nothing in x
+    depends on a library's or a device's choices, and a from-scratch numpy version checks that.
+    """
+    seed, input_dim = 2**40 + 12345, 37
+    idx = np.array([0, 1, 2, n // 3, n - 2, n - 1], dtype=np.int64)
+    x = SyntheticDLNData(torch.eye(input_dim), n=n, seed=seed).inputs(torch.from_numpy(idx))
+    expected = _np_uniform_inputs(seed, idx, input_dim)
+    assert np.array_equal(x.numpy().view(np.uint32), expected.view(np.uint32))
+
+
+def test_batches_are_made_on_the_teachers_device() -> None:
+    # "meta" tensors (shapes without values) stand in for a GPU: every operation must stay on the
+    # teacher's device, and reading a value back to the host (a GPU synchronisation) would raise.
+    for n in (100, 2**40):
+        data = SyntheticDLNData(torch.eye(4, device="meta"), n=n, seed=0)
+        for idx in (torch.arange(5), torch.arange(5, device="meta")):
+            x, y = data.get_batch(idx)
+            assert x.device.type == y.device.type == "meta" and x.shape == (5, 4) and y.dtype == torch.float32
+    ball = SyntheticDLNData(torch.eye(4, device="meta"), n=100, input_dist="unit_ball", seed=0)
+    assert ball.inputs(torch.arange(5, device="meta")).device.type == "meta"
+
+
+def test_thin_qr_teacher_matches_the_full_qr() -> None:
+    """make_true_params("low_rank") keeps r columns of a thin QR: the same as the full QR's first r."""
+    from models.dln import _haar_orthogonal
+
+    thin = _haar_orthogonal(30, torch.Generator().manual_seed(3), cols=4)
+    full = _haar_orthogonal(30, torch.Generator().manual_seed(3))[:, :4]
+    torch.testing.assert_close(thin, full, rtol=0, atol=1e-12)
+    ws = make_true_params(6, [5, 4], "low_rank", rank=2, generator=torch.Generator().manual_seed(0), device="meta")
+    assert [w.device.type for w in ws] == ["meta", "meta"]
 
 
 def test_uniform_inputs_have_the_right_moments() -> None:
