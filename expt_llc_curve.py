@@ -343,9 +343,8 @@ def load_data(md: ModelDataConfig, generator: torch.Generator) -> datasets.Data:
 
 
 @ex.capture
-def check_setup(sgld: SGLDConfig, training: CurveTrainingConfig, d: datasets.Data, expt_name, logging_period,
-                force_realisable, loss_trace_minibatch, verbose, do_plot) -> None:
-    """Validate the top-level config and the sizes against the data, before any training.
+def check_setup(expt_name, logging_period, force_realisable, loss_trace_minibatch, verbose, do_plot) -> None:
+    """Validate the top-level config before any work, so a bad value fails in seconds.
 
     Raises:
         ValueError: Naming the first bad key, its value and the accepted range.
@@ -355,6 +354,14 @@ def check_setup(sgld: SGLDConfig, training: CurveTrainingConfig, d: datasets.Dat
     for key, v in (("force_realisable", force_realisable), ("loss_trace_minibatch", loss_trace_minibatch),
                    ("verbose", verbose), ("do_plot", do_plot)):
         require(isinstance(v, bool), f"{key} must be True or False, got {v!r}")
+
+
+def check_sizes(sgld: SGLDConfig, training: CurveTrainingConfig, d: datasets.Data) -> None:
+    """The minibatches must fit in the training set.
+
+    Raises:
+        ValueError: Naming the batch size that does not fit.
+    """
     n = len(d.x_train)
     for name, m in (("sgld_config", sgld.batch_size), ("training_config", training.batch_size)):
         require(m <= n, f"{name}.batch_size={m} exceeds the {n} training samples; lower it or raise "
@@ -486,9 +493,10 @@ def run(_run, sgld_config, model_data_config, training_config, device, seed, do_
     md = parse(ModelDataConfig, "model_data_config", model_data_config)
     training = parse(CurveTrainingConfig, "training_config", training_config)
     dev = resolve_device(device)
+    check_setup()
     g_data, g_init, g_batch, g_sgld = generators(seed, 4)
     d = load_data(md, g_data)
-    check_setup(sgld, training, d)
+    check_sizes(sgld, training, d)
     d = _to_device(d, dev)
     model = build_model(md, d, g_init).to(dev)
     loss_fn = make_loss(md.loss, md.alpha)
