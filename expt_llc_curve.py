@@ -90,6 +90,9 @@ ex = Experiment("llc_curve")
 LOSSES = ("cross_entropy", "hinge", "mse")
 IMAGE_SETS = ("cifar10", "cifar_animal", "mnist", "mnist_parity")
 EVAL_BATCH = 1024  # samples per forward pass when evaluating losses on a whole set
+# metric -> column of the frame plots.llc_over_training reads
+CURVE_METRICS = {"llc/mean": "lambdahat", "llc/std": "lambdahat_std", "train/loss": "train_loss",
+                 "test/loss": "test_loss"}
 
 
 @ex.config
@@ -474,8 +477,8 @@ def plot_curve(rows: list[dict]):
     import plots
 
     long = pd.DataFrame([{"metric": k, "step": r["step"], "value": v} for r in rows for k, v in r.items()
-                         if k in ("llc/mean", "llc/std", "train/loss")])
-    return plots.llc_over_training(plots.training_curve(long, {**plots.TRAINING_METRICS, "llc/std": "lambdahat_std"}))
+                         if k in CURVE_METRICS])
+    return plots.llc_over_training(plots.training_curve(long, CURVE_METRICS))
 
 
 def _to_device(d: datasets.Data, device: torch.device) -> datasets.Data:
