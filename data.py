@@ -353,7 +353,7 @@ def _mnist_class():
 
 
 def _read_idx(path: Path, reader) -> Tensor:
-    """torchvision's idx reader on ``path``, or on ``path.gz`` decompressed to a private temporary file."""
+    """Torchvision's idx reader on ``path``, or on ``path.gz`` decompressed to a private temporary file."""
     source = path if path.is_file() else path.with_name(path.name + ".gz")
     try:
         if source is path:

@@ -1,4 +1,4 @@
-"""λ̂ over SGD training on real data (Furman & Lau 2024, §5; the SGD-noise study), as a Sacred experiment.
+r"""λ̂ over SGD training on real data (Furman & Lau 2024, §5; the SGD-noise study), as a Sacred experiment.
 
 A ResNet18 or an MLP is trained with SGD or Adam on a real data set (``data.py``); every
 ``logging_period`` steps and at the last step the LLC is estimated at the current parameters w_t
@@ -145,9 +145,9 @@ def mnist1d_mlp():
     """λ̂ rising as the test loss falls: an MLP on MNIST-1D, a few minutes on one CPU core."""
     expt_name = "mnist1d_mlp"
     device = "cpu"
-    model_data_config = {"model_name": "mlp", "data_name": "mnist1d", "depth": 2, "width": 64, "ptr": 4000,
-                         "pte": 1000}
-    training_config = {"optim": "sgd", "learning_rate": 0.05, "momentum": 0.9, "batch_size": 64, "num_steps": 3001}
+    model_data_config = {"model_name": "mlp", "data_name": "mnist1d", "depth": 2, "width": 64, "ptr": 16000,
+                         "pte": 4000}
+    training_config = {"optim": "sgd", "learning_rate": 0.02, "momentum": 0.9, "batch_size": 64, "num_steps": 3001}
     sgld_config = {"epsilon": 1e-4, "gamma": 100.0, "num_steps": 400, "num_chains": 2, "batch_size": 256,
                    "num_burnin_steps": 100}
     logging_period = 150
@@ -216,12 +216,16 @@ class ModelDataConfig:
                 f"model_data_config.layer_width_factor must be > 0, got {self.layer_width_factor!r}")
         require(self.data_dir is None or isinstance(self.data_dir, str),
                 f"model_data_config.data_dir must be None or a path, got {self.data_dir!r}")
-        require(isinstance(self.download, bool), f"model_data_config.download must be True/False, got {self.download!r}")
+        require(isinstance(self.download, bool),
+                f"model_data_config.download must be True/False, got {self.download!r}")
         for key in ("ptr", "pte"):
             v = getattr(self, key)
-            require(v is None or (is_int(v) and v >= 2), f"model_data_config.{key} must be None or an int >= 2, got {v!r}")
-        require(is_int(self.depth) and self.depth >= 0, f"model_data_config.depth must be an int >= 0, got {self.depth!r}")
-        require(is_int(self.width) and self.width >= 1, f"model_data_config.width must be an int >= 1, got {self.width!r}")
+            require(v is None or (is_int(v) and v >= 2),
+                    f"model_data_config.{key} must be None or an int >= 2, got {v!r}")
+        require(is_int(self.depth) and self.depth >= 0,
+                f"model_data_config.depth must be an int >= 0, got {self.depth!r}")
+        require(is_int(self.width) and self.width >= 1,
+                f"model_data_config.width must be an int >= 1, got {self.width!r}")
         require(self.activation in ACTIVATIONS,
                 f"unknown model_data_config.activation {self.activation!r}; choose from {sorted(ACTIVATIONS)}")
         require(self.alpha is None or (is_number(self.alpha) and self.alpha > 0),
@@ -230,7 +234,8 @@ class ModelDataConfig:
                 "model_data_config.alpha (output scale, centred at the initialisation) is for model_name='mlp' "
                 f"only, got model_name={self.model_name!r}; set alpha=None")
         require(self.loss in LOSSES, f"unknown model_data_config.loss {self.loss!r}; choose from {list(LOSSES)}")
-        require(isinstance(self.batch_norm, bool), f"model_data_config.batch_norm must be True/False, got {self.batch_norm!r}")
+        require(isinstance(self.batch_norm, bool),
+                f"model_data_config.batch_norm must be True/False, got {self.batch_norm!r}")
 
     @property
     def targets(self) -> str:
@@ -353,7 +358,8 @@ def check_setup(expt_name, logging_period, force_realisable, loss_trace_minibatc
         ValueError: Naming the first bad key, its value and the accepted range.
     """
     require(expt_name is None or isinstance(expt_name, str), f"expt_name must be None or a str, got {expt_name!r}")
-    require(is_int(logging_period) and logging_period >= 1, f"logging_period must be an int >= 1, got {logging_period!r}")
+    require(is_int(logging_period) and logging_period >= 1,
+            f"logging_period must be an int >= 1, got {logging_period!r}")
     for key, v in (("force_realisable", force_realisable), ("loss_trace_minibatch", loss_trace_minibatch),
                    ("verbose", verbose), ("do_plot", do_plot)):
         require(isinstance(v, bool), f"{key} must be True or False, got {v!r}")

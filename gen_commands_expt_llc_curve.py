@@ -24,6 +24,9 @@ Presets:
 * ``sgd_noise``: the SGD-noise study's grid on ``mnist_parity`` (Sclocchi et al. 2023, reference
   commands ``--arch mlp --act relu --L 5 --h 128 --alpha 32768 --loss hinge --bs 16 --pte 32768``):
   temperatures 2^−13 … 2^2, ptr 1024 … 16384, seeds 0-4: 16 × 5 × 5 = 400 lines.
+* ``sgd_noise_cpu``: the same question sized for one CPU core (about 10 minutes in all):
+  a 2×64 ReLU MLP with the hinge loss on ``mnist1d_parity`` (ptr 2048), batch 16, 2001 steps,
+  temperatures 2^−11, 2^−9, 2^−7, 2^−5, seeds 0-2: 12 lines.
 
 The YAML/JSON file is a mapping such as::
 
@@ -98,6 +101,29 @@ PRESETS: dict[str, dict[str, Any]] = {
         "model_data_config.ptr": [1024, 2048, 4096, 8192, 16384],
         "seed": [0, 1, 2, 3, 4],
     },
+    "sgd_noise_cpu": {
+        "name": "sgd_noise_cpu",
+        "device": "cpu",
+        "model_data_config.model_name": "mlp",
+        "model_data_config.data_name": "mnist1d_parity",
+        "model_data_config.depth": 2,
+        "model_data_config.width": 64,
+        "model_data_config.loss": "hinge",
+        "model_data_config.ptr": 2048,
+        "model_data_config.pte": 1000,
+        "training_config.optim": "sgd",
+        "training_config.batch_size": 16,
+        "training_config.num_steps": 2001,
+        "sgld_config.epsilon": 1e-4,
+        "sgld_config.gamma": 100.0,
+        "sgld_config.num_steps": 300,
+        "sgld_config.num_burnin_steps": 100,
+        "sgld_config.num_chains": 2,
+        "sgld_config.batch_size": 256,
+        "logging_period": 250,
+        "temperature": [2.0**-11, 2.0**-9, 2.0**-7, 2.0**-5],
+        "seed": [0, 1, 2],
+    },
 }
 
 
@@ -143,12 +169,13 @@ def make_commands(sweep: dict[str, Any]) -> tuple[list[str], list[str]]:
         raise ValueError("temperature sets training_config.learning_rate = T x training_config.batch_size: give "
                          "training_config.batch_size and no training_config.learning_rate")
     name = where.get("name", "llc_curve_sweep")
-    observer = f"-m {where['mongo_db']}" if where.get("mongo_db") else f"-F {where.get('output_dir', 'outputs')}/{name}/"
+    folder = f"{where.get('output_dir', 'outputs')}/{name}/"
+    observer = f"-m {where['mongo_db']}" if where.get("mongo_db") else f"-F {folder}"
     keys = list(grid)
     axes = [v if isinstance(v, list) else [v] for v in grid.values()]
     commands, skipped = [], []
     for combo in itertools.product(*axes):
-        point = dict(zip(keys, combo))
+        point = dict(zip(keys, combo, strict=True))
         reason = _invalid(point)
         if reason:
             skipped.append(reason)

@@ -447,7 +447,7 @@ def llc_curves_by_temperature(curves: pd.DataFrame) -> Figure:
         axes = np.atleast_1d(fig.subplots(1, len(panels)))
         norm = LogNorm(min(temps) / 1.5, max(temps) * 1.5) if len(temps) == 1 else LogNorm(min(temps), max(temps))
         cmap = mpl.colormaps["viridis"]
-        for ax, (col, label) in zip(axes, panels):
+        for ax, (col, label) in zip(axes, panels, strict=True):
             data = curves.dropna(subset=[col])
             for temp in temps:
                 group = data[data["temperature"] == temp]

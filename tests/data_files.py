@@ -60,7 +60,7 @@ def write_mnist(root: Path, num_train: int = 40, num_test: int = 20, gz: bool = 
     for split, k in (("train", num_train), ("test", num_test)):
         images = rng.integers(0, 256, size=(k, 28, 28), dtype=np.uint8)
         labels = rng.integers(0, 10, size=k).astype(np.uint8)
-        for name, arr in zip(MNIST_FILES[split], (images, labels)):
+        for name, arr in zip(MNIST_FILES[split], (images, labels), strict=True):
             payload = _idx(arr)
             if gz:
                 (folder / (name + ".gz")).write_bytes(gzip.compress(payload))

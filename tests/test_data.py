@@ -66,7 +66,8 @@ def test_data_dir_defaults_to_the_environment_variable(tmp_path, monkeypatch):
 def test_digits_split_and_normalisation():
     d = data.load("digits")
     assert d.x_train.shape == (1297, 64) and d.x_test.shape == (500, 64)
-    assert float(d.x_train.mean()) == pytest.approx(0, abs=1e-5) and float(d.x_train.std()) == pytest.approx(1, abs=1e-4)
+    assert float(d.x_train.mean()) == pytest.approx(0, abs=1e-5)
+    assert float(d.x_train.std()) == pytest.approx(1, abs=1e-4)
     assert sorted(set(d.y_train.tolist())) == list(range(10))
     parity = data.load("digits_parity")
     assert torch.equal(parity.x_train, d.x_train) and torch.equal(parity.y_train, d.y_train % 2)
