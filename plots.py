@@ -16,6 +16,8 @@ figure                     shows                                          data
 ``saddle_to_saddle``       loss plateaus and λ̂ steps of a DLN trained     ``load_metrics``
                            from a small initialisation
 ``llc_vs_hessian_rank``    λ̂ against rank(Hess)/2                         ``load_runs``
+``llc_curves_by_           λ̂ and test loss over training, one colour per   ``training_curves``
+temperature``              SGD temperature η/B, seeds averaged
 =========================  =============================================  ======================
 
 From the command line, writing ``OUT/FIGURE.png`` and ``OUT/FIGURE.pdf``::
@@ -53,7 +55,9 @@ __all__ = [
     "mala_vs_sgld",
     "saddle_to_saddle",
     "llc_vs_hessian_rank",
+    "llc_curves_by_temperature",
     "training_curve",
+    "training_curves",
     "main",
 ]
 
@@ -166,8 +170,8 @@ def llc_over_training(curve: pd.DataFrame, *, window: int = 5) -> Figure:
     Args:
         curve: One training run, one row per step, with columns ``step``, ``lambdahat`` (λ̂,
             NaN at steps where it was not estimated) and ``train_loss`` (NaN where not logged);
-            optional ``lambdahat_std`` (error bars). ``training_curve`` builds it from
-            ``load_metrics``.
+            optional ``lambdahat_std`` (error bars) and ``test_loss`` (a dashed line beside the
+            training loss). ``training_curve`` builds it from ``load_metrics``.
         window: Number of λ̂ estimates in the centred running mean.
 
     Returns:
@@ -192,7 +196,10 @@ def llc_over_training(curve: pd.DataFrame, *, window: int = 5) -> Figure:
         handles = _draw_llc(ax, llc, window)
         handles += twin.plot(loss["step"], loss["train_loss"], color="0.4", lw=1.2,
                              label="training loss $L_n$")
-        twin.set(yscale="log", ylabel="training loss $L_n(w_t)$")
+        if "test_loss" in curve and curve["test_loss"].notna().any():
+            test = curve.dropna(subset=["test_loss"]).sort_values("step")
+            handles += twin.plot(test["step"], test["test_loss"], color="C3", lw=1.2, ls="--", label="test loss")
+        twin.set(yscale="log", ylabel="loss $L_n(w_t)$" if "test_loss" in curve else "training loss $L_n(w_t)$")
         ax.set(xlabel="training step $t$", ylabel=rf"estimated LLC {_LAMBDAHAT}$(w_t)$")
         ax.set_zorder(twin.get_zorder() + 1)  # λ̂ points above the loss line
         ax.patch.set_visible(False)
@@ -377,6 +384,88 @@ def training_curve(
     return wide
 
 
+def training_curves(metrics: pd.DataFrame, runs: pd.DataFrame, columns: dict[str, str],
+                    names: dict[str, str] | None = None) -> pd.DataFrame:
+    """``training_curve`` of every run, with run columns (e.g. the SGD temperature) alongside.
+
+    Args:
+        metrics: ``results.load_metrics`` output for any number of runs.
+        runs: ``results.load_runs`` output for the same runs.
+        columns: Column of ``runs`` → its name in the result, e.g. ``{"sgd_temperature": "temperature"}``.
+        names: Metric name → column; defaults to ``TRAINING_METRICS``.
+
+    Returns:
+        One row per run and step: ``source``, ``run_id``, the metric columns and the run columns.
+
+    Raises:
+        ValueError: If a column of ``columns`` is missing from ``runs``, or no run has the metrics.
+    """
+    _require(runs, list(columns), "training_curves")
+    info = runs.set_index(["source", "run_id"])[list(columns)].rename(columns=columns)
+    frames = []
+    for (source, run_id), group in metrics.groupby(["source", "run_id"], sort=False):
+        if (source, run_id) not in info.index:
+            continue
+        curve = training_curve(group.drop(columns=["source", "run_id"]), names)
+        curve.insert(0, "run_id", run_id)
+        curve.insert(0, "source", source)
+        for col, value in info.loc[(source, run_id)].items():
+            curve[col] = value
+        frames.append(curve)
+    if not frames:
+        raise ValueError("training_curves: none of these runs logged the metrics")
+    return pd.concat(frames, ignore_index=True)
+
+
+def llc_curves_by_temperature(curves: pd.DataFrame) -> Figure:
+    r"""λ̂ and the test loss over training, one colour per SGD temperature T = η/B (Sclocchi et al. 2023).
+
+    Thin lines are single runs (seeds); thick lines their mean at each step.
+
+    Args:
+        curves: One row per run and step with columns ``run_id``, ``step``, ``temperature``,
+            ``lambdahat`` (NaN where not estimated); optional ``test_loss`` (a second panel) and
+            ``source``. ``training_curves`` builds it from ``load_metrics`` and ``load_runs``.
+
+    Returns:
+        The figure.
+
+    Raises:
+        ValueError: If a column is missing or no step has a λ̂.
+    """
+    _require(curves, ["run_id", "step", "temperature", "lambdahat"], "llc_curves_by_temperature")
+    llc = curves.dropna(subset=["lambdahat"])
+    if llc.empty:
+        raise ValueError("llc_curves_by_temperature: no step has a lambdahat")
+    temps = sorted(llc["temperature"].unique())
+    panels = [("lambdahat", rf"estimated LLC {_LAMBDAHAT}$(w_t)$")]
+    if "test_loss" in curves and curves["test_loss"].notna().any():
+        panels.append(("test_loss", "test loss"))
+    run_key = [c for c in ("source", "run_id") if c in curves]
+    with mpl.rc_context(_STYLE):
+        fig = Figure(figsize=(5.2 * len(panels) + 1.2, 4.2), layout="constrained")
+        axes = np.atleast_1d(fig.subplots(1, len(panels)))
+        norm = LogNorm(min(temps) / 1.5, max(temps) * 1.5) if len(temps) == 1 else LogNorm(min(temps), max(temps))
+        cmap = mpl.colormaps["viridis"]
+        for ax, (col, label) in zip(axes, panels, strict=True):
+            data = curves.dropna(subset=[col])
+            for temp in temps:
+                group = data[data["temperature"] == temp]
+                color = cmap(norm(temp))
+                for _, run in group.groupby(run_key):
+                    ax.plot(run["step"], run[col], color=color, lw=0.7, alpha=0.45)
+                mean = group.groupby("step")[col].mean()
+                ax.plot(mean.index, mean.to_numpy(), color=color, lw=2.2)
+            ax.set(xlabel="training step $t$", ylabel=label)
+        seeds = llc.groupby("temperature")[run_key].apply(lambda g: len(g.drop_duplicates()))
+        axes[0].set_title(f"{len(temps)} temperatures, {int(seeds.min())}–{int(seeds.max())} runs each"
+                          if seeds.min() != seeds.max() else f"{len(temps)} temperatures, {int(seeds.min())} runs each")
+        bar = fig.colorbar(mpl.cm.ScalarMappable(norm=norm, cmap=cmap), ax=list(axes), pad=0.02,
+                           label=r"SGD temperature $T = \eta / B$")
+        _plain_log_ticks(bar.ax.yaxis, norm.vmin, norm.vmax)
+    return fig
+
+
 def _draw_llc(ax: Axes, llc: pd.DataFrame, window: int, mean: bool = True) -> list:
     handles = [ax.errorbar(llc["step"], llc["lambdahat"], yerr=_std(llc), fmt="o", ms=4,
                            color="C0", ecolor="C0", elinewidth=0.8, alpha=0.6,
@@ -470,6 +559,13 @@ def _curve_frame(sources: Sequence[str], filters: dict, args: argparse.Namespace
     return training_curve(metrics)
 
 
+def _temperature_frame(sources: Sequence[str], filters: dict, args: argparse.Namespace) -> pd.DataFrame:
+    runs = results.load_runs(*sources, **{"status": "COMPLETED", **filters})
+    metrics = results.load_metrics(*sources, **{"status": "COMPLETED", **filters})
+    return training_curves(metrics, runs, {"sgd_temperature": "temperature"},
+                           {**TRAINING_METRICS, "test/loss": "test_loss"})
+
+
 FIGURES: dict[str, tuple[Callable[..., Figure], Callable[..., pd.DataFrame]]] = {
     "llc_vs_true": (llc_vs_true, _runs_frame),
     "llc_over_training": (llc_over_training, _curve_frame),
@@ -477,6 +573,7 @@ FIGURES: dict[str, tuple[Callable[..., Figure], Callable[..., pd.DataFrame]]] = 
     "mala_vs_sgld": (mala_vs_sgld, _runs_frame),
     "saddle_to_saddle": (saddle_to_saddle, _curve_frame),
     "llc_vs_hessian_rank": (llc_vs_hessian_rank, _runs_frame),
+    "llc_curves_by_temperature": (llc_curves_by_temperature, _temperature_frame),
 }
 """Figure name → (drawing function, how the command line builds its frame from sources)."""
 
