@@ -197,7 +197,7 @@ def _rademacher(shape: tuple[int, ...], generator: torch.Generator, device=None,
 
 
 def hutchinson_trace(H, num_probes: int, generator: torch.Generator, *, block: int = 64) -> TraceEstimate:
-    r"""tr H ≈ (1/K) Σ_k z_kᵀ H z_k with Rademacher z_k (Hutchinson 1989), and its standard error.
+    r"""Estimate tr H ≈ (1/K) Σ_k z_kᵀ H z_k with Rademacher z_k (Hutchinson 1989), and its standard error.
 
     The variance of one probe is 2 Σ_{i≠j} H_ij² (Rademacher), so a diagonal H is exact.
 
@@ -438,7 +438,7 @@ def hessian_rank(H, *, method: str = "sketch", rtol: float = RANK_RTOL, seed: in
                  slq_probes: int = 16, slq_steps: int = 32, generator: torch.Generator | None = None) -> RankResult:
     r"""The number of eigenvalues of H with |λ| > rtol · max|λ| (``RANK_RTOL`` = 1e-5 by default).
 
-    Methods:
+    The methods:
 
     * ``"dense"``: all eigenvalues of ``full_hessian`` (d ≤ ``MAX_DENSE_DIM``); exact.
     * ``"sketch"``: first, the extreme eigenvalues by Lanczos; if the smallest algebraic
@@ -480,7 +480,8 @@ def hessian_rank(H, *, method: str = "sketch", rtol: float = RANK_RTOL, seed: in
     threshold = rtol * lam_max
     if method == "slq":
         gen = generator if generator is not None else torch.Generator().manual_seed(seed)
-        count, se = spectral_density(H, num_probes=slq_probes, num_steps=slq_steps, generator=gen).count_above(threshold)
+        density = spectral_density(H, num_probes=slq_probes, num_steps=slq_steps, generator=gen)
+        count, se = density.count_above(threshold)
         return RankResult(int(round(count)), method, rtol, threshold, lam_max, se, False)
     # Full rank: Lanczos (reorthogonalised) from two Rademacher starts reaches an invariant subspace
     # with every Ritz value, hence every eigenvalue it sees, above the threshold. (ARPACK's "SA"

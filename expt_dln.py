@@ -27,8 +27,8 @@ Recorded in the run's info: every field of ``LLCResult.to_dict()`` (λ̂, its sp
 per-quarter values, R̂, ESS, MALA acceptance, divergence, ε and its calibration), the truth
 (``true_lambda``, ``true_multiplicity``, ``true_rank``, ``true_layer_ranks``, ``true_matrix_shape``,
 ``model_dim``), ``trained_param_info``, ``functional_rank_info``, ``hessian_trace_estimate`` and
-``curvature_info`` (also inside ``trained_param_info``) when asked for. Loss traces go to Sacred metrics (``sgld/loss/chain<c>``, at most 1000 points per
-chain) and, complete, to the artifact ``loss_traces.npz``.
+``curvature_info`` (also inside ``trained_param_info``) when asked for. Loss traces go to Sacred
+metrics (``sgld/loss/chain<c>``, at most 1000 points per chain) and, complete, to the artifact ``loss_traces.npz``.
 """
 
 import math
@@ -40,6 +40,7 @@ import torch
 from tqdm import tqdm
 
 import curvature
+
 # Sacred's Experiment comes through experiment.py, which first silences Sacred's pkg_resources warning.
 from experiment import (
     MAX_POINTS_PER_METRIC,  # noqa: F401 - part of this module's interface (tests, tools)
