@@ -4,7 +4,9 @@ A teacher DLN w* is drawn (``true_param_config.method``), realisable data y = W*
 the fly, and the LLC is estimated at w* with SGLD and compared with Aoyagi's λ for rank W*
 (``models.dln.true_lambda``). Optionally a student is trained from a random init and its LLC is
 estimated too (``do_training``), and the output Jacobian's rank (``do_functional_rank``) and the
-Hessian trace (``do_hessian_trace``) at w* are recorded.
+Hessian trace (``do_hessian_trace``) at w* are recorded, and, where λ̂ is measured, the top-k
+eigenvalues of the full-data Hessian (``do_top_eigs=k``) and the overlap of its top-k eigenspace
+with the k largest-magnitude parameters (``do_mask_overlap=k``), both from ``curvature.py``.
 
     python expt_dln.py -F outputs/dln with sgld_config.epsilon=1e-5 true_param_config.rank=2
     python expt_dln.py with demo
@@ -26,9 +28,9 @@ Recorded in the run's info: every field of ``LLCResult.to_dict()`` (λ̂, its sp
 per-quarter values, R̂, ESS, MALA acceptance, divergence, ε and its calibration), the truth
 (``true_lambda``, ``true_multiplicity``, ``true_rank``, ``true_layer_ranks``, ``true_matrix_shape``,
 ``model_dim``), where it ran (``device``, ``device_name``), and ``trained_param_info``,
-``functional_rank_info`` and ``hessian_trace_estimate`` when asked for. Loss traces go to Sacred
-metrics (``sgld/loss/chain<c>``, at most 1000 points per chain) and, complete, to the artifact
-``loss_traces.npz``.
+``functional_rank_info``, ``hessian_trace_estimate`` and ``curvature_info`` (also inside
+``trained_param_info``) when asked for. Loss traces go to Sacred metrics (``sgld/loss/chain<c>``, at
+most 1000 points per chain) and, complete, to the artifact ``loss_traces.npz``.
 
 Everything (teacher, data, training, SGLD, Jacobian rank, Hessian trace) runs on ``device``; the
 seeds' streams start on the CPU, so a seed gives the same teacher and data inputs on every device.
@@ -41,8 +43,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.func import functional_call, grad, jacrev, jvp
 from tqdm import tqdm
+
+import curvature
 
 # Sacred's Experiment comes through experiment.py, which first silences Sacred's pkg_resources warning.
 from experiment import (
@@ -123,6 +126,8 @@ def config():
     do_training = False  # train a student from a random init and estimate λ̂ there too
     do_functional_rank = False  # rank and singular values of the output Jacobian at w* on test inputs
     do_hessian_trace = False  # Hutchinson estimate of tr ∇²L_test(w*)
+    do_top_eigs = 0  # k > 0: the k largest-magnitude eigenvalues of ∇²L_n where λ̂ is measured (Lanczos)
+    do_mask_overlap = 0  # k > 0: overlap of ∇²L_n's top-k eigenspace with the k largest-|w_i| mask, there
     seed = 0  # root of all randomness (teacher, data, training, chains)
     save_true_param = False  # store w* as the artifact true_param.pt
     verbose = False  # print the teacher's ranks and show progress bars off a terminal too
@@ -193,7 +198,7 @@ def mse_loss(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 @ex.capture
 def check_setup(
     sgld: SGLDConfig, training: TrainingConfig, expt_name, layer_widths, input_dim, input_dist,
-    num_training_data, itemp, num_test_data, do_functional_rank,
+    num_training_data, itemp, num_test_data, do_functional_rank, do_top_eigs, do_mask_overlap,
 ) -> None:
     """Validate the top-level config before any work, so a bad value fails in seconds.
 
@@ -213,6 +218,9 @@ def check_setup(
     for name, m in (("sgld_config", sgld.batch_size), ("training_config", training.batch_size)):
         require(m <= num_training_data, f"{name}.batch_size must be <= num_training_data={num_training_data}, got {m}")
     dims = [input_dim, *layer_widths]
+    d = sum(a * b for a, b in zip(dims[:-1], dims[1:]))
+    for key, k in (("do_top_eigs", do_top_eigs), ("do_mask_overlap", do_mask_overlap)):
+        require(is_int(k) and 0 <= k < d, f"{key} must be an int in [0, d={d}) (0 = off), got {k!r}")
     entries = num_test_data * layer_widths[-1] * sum(a * b for a, b in zip(dims[:-1], dims[1:]))
     require(not do_functional_rank or entries <= MAX_JACOBIAN_ENTRIES,
             f"do_functional_rank needs a {num_test_data * layer_widths[-1]} x d Jacobian ({entries:.3g} entries > "
@@ -306,67 +314,26 @@ def train(data: SyntheticDLNData, training: TrainingConfig, generator: torch.Gen
     return model, [[t, losses[t]] for t in range(num_steps) if t % summary_every == 0 or t == num_steps - 1]
 
 
-def _flat_function(model: DLN, x: torch.Tensor):
-    """(flat parameter vector w*, w ↦ model outputs on x) for torch.func transforms."""
-    names = [k for k, _ in model.named_parameters()]
-    params = [p.detach() for _, p in model.named_parameters()]
-    shapes, sizes = [p.shape for p in params], [p.numel() for p in params]
-
-    def forward(w: torch.Tensor) -> torch.Tensor:
-        chunks = w.split(sizes)
-        return functional_call(model, {k: c.view(s) for k, c, s in zip(names, chunks, shapes)}, (x,))
-
-    return torch.cat([p.reshape(-1) for p in params]), forward
-
-
-def functional_rank(model: DLN, x: torch.Tensor) -> tuple[dict, np.ndarray]:
-    """Rank and singular values of J = ∂ vec f(x; w)/∂w at the model's parameters.
-
-    For a DLN of N ≥ 2 layers at a ``low_rank`` teacher (every layer of rank r) and ≥ H₁ generic
-    test inputs, rank J is r(H₁ + H_{N+1} − r), the dimension of the manifold of rank-r matrices
-    (twice the regular part of λ); layers of higher rank can add directions.
-
-    Args:
-        model: The DLN.
-        x: Test inputs ``(T, H₁)``.
-
-    Returns:
-        (summary dict, singular values in decreasing order).
-    """
-    w, forward = _flat_function(model, x)
-    jac = jacrev(lambda v: forward(v).reshape(-1))(w)
-    # J is computed in the model's precision: singular values below its round-off count as zero.
-    rtol = max(jac.shape) * torch.finfo(jac.dtype).eps
-    sv = torch.linalg.svdvals(jac.double())
-    rank = int((sv > rtol * sv[0]).sum())
-    return dict(functional_rank=rank, jacobian_shape=list(jac.shape), max_singular_value=float(sv[0]),
-                rtol=rtol), sv.cpu().numpy()
+_flat_function = curvature.flat_function  # the name tests and tools import from here
+functional_rank = curvature.functional_rank
 
 
 def hessian_trace(model: DLN, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator,
                   num_probes: int = HUTCHINSON_PROBES) -> dict:
-    """Hutchinson's estimate tr H ≈ mean_k z_kᵀ H z_k, z_k Rademacher, H = ∇²L(w) on (x, y).
-
-    Hessian-vector products are forward-over-reverse (``jvp`` of ``grad``), never forming H.
+    """Hutchinson's estimate of tr ∇²L(w) on (x, y) (``curvature.hutchinson_trace``, exact HVPs).
 
     Args:
         model: The model at w.
         x: Inputs.
         y: Targets.
-        generator: Source of the probes.
+        generator: Source of the Rademacher probes.
         num_probes: Number of probes K.
 
     Returns:
         ``{"estimate", "std_error", "num_probes"}``.
     """
-    w, forward = _flat_function(model, x)
-    g = grad(lambda v: mse_loss(forward(v), y))
-    quad = []
-    for _ in range(num_probes):
-        z = torch.randint(0, 2, w.shape, generator=generator, device=generator.device).to(w) * 2 - 1
-        quad.append(float(z @ jvp(g, (w,), (z,))[1]))
-    return dict(estimate=float(np.mean(quad)), std_error=float(np.std(quad, ddof=1) / math.sqrt(num_probes)),
-                num_probes=num_probes)
+    H = curvature.hessian_operator(model, mse_loss, (x, y))
+    return curvature.hutchinson_trace(H, num_probes, generator).to_dict()
 
 
 @ex.capture
@@ -394,6 +361,19 @@ def sgld_distances(model: DLN, data: SyntheticDLNData, sgld: SGLDConfig, epsilon
     return out.cpu().numpy()
 
 
+@ex.capture
+def curvature_at(model: DLN, data: SyntheticDLNData, seed: int, num_training_data, do_top_eigs,
+                 do_mask_overlap) -> dict:
+    """Top eigenvalues and mask overlap of the full-data Hessian ∇²L_n at the model (``curvature.curvature_summary``).
+
+    Returns:
+        ``top_eigenvalues`` and/or ``mask_overlap`` (see ``curvature.curvature_summary``).
+    """
+    xy = data.get_batch(torch.arange(num_training_data))
+    return curvature.curvature_summary(model, mse_loss, xy, top_eigs=do_top_eigs, mask_overlap_k=do_mask_overlap,
+                                       seed=seed)
+
+
 def _print_summary(result: LLCResult, truth: dict, label: str = "w*") -> None:
     rel = (result.lambdahat - truth["true_lambda"]) / truth["true_lambda"] if truth["true_lambda"] else float("nan")
     print(f"λ̂({label}) = {result.lambdahat:.4g} ± {result.lambdahat_std:.2g}   true λ = {truth['true_lambda']:g} "
@@ -407,7 +387,8 @@ def _print_summary(result: LLCResult, truth: dict, label: str = "w*") -> None:
 
 @ex.main
 def run(_run, sgld_config, true_param_config, training_config, num_training_data, num_test_data, input_dist,
-        do_training, do_compute_distance, do_functional_rank, do_hessian_trace, save_true_param, seed, device) -> dict:
+        do_training, do_compute_distance, do_functional_rank, do_hessian_trace, do_top_eigs, do_mask_overlap,
+        save_true_param, seed, device) -> dict:
     """Device → teacher → data → λ̂(w*) [→ trained student → λ̂] → diagnostics → records."""
     sgld = parse(SGLDConfig, "sgld_config", sgld_config)
     teacher_cfg = parse(TrueParamConfig, "true_param_config", true_param_config)
@@ -424,6 +405,9 @@ def run(_run, sgld_config, true_param_config, training_config, num_training_data
     log_traces(_run, result, "")
     arrays = {"loss_trace": result.loss_trace}
     _print_summary(result, truth)
+    curvature_wanted = bool(do_top_eigs or do_mask_overlap)
+    if curvature_wanted:
+        _run.info["curvature_info"] = curvature_at(teacher, data, seed)
     if do_compute_distance:
         arrays["sgld_distance"] = sgld_distances(teacher, data, sgld, result.epsilon, g_extra)
         for t in thin(sgld.num_steps):
@@ -440,6 +424,8 @@ def run(_run, sgld_config, true_param_config, training_config, num_training_data
         trained = estimate(student, data, sgld, int_seed(g_sgld))
         _run.info["trained_param_info"] = {**trained.to_dict(), "training_losses": losses,
                                            "final_training_loss": losses[-1][1]}
+        if curvature_wanted:
+            _run.info["trained_param_info"]["curvature_info"] = curvature_at(student, data, seed)
         log_traces(_run, trained, "trained/")
         arrays["trained_loss_trace"] = trained.loss_trace
         _print_summary(trained, truth, label="trained")

@@ -15,7 +15,10 @@ figure                     shows                                          data
 ``mala_vs_sgld``           λ̂ and wall time of MALA and SGLD against n     ``load_runs``
 ``saddle_to_saddle``       loss plateaus and λ̂ steps of a DLN trained     ``load_metrics``
                            from a small initialisation
-``llc_vs_hessian_rank``    λ̂ against rank(Hess)/2                         ``load_runs``
+``llc_vs_hessian_rank``    λ̂ against rank(Hess)/2, log-log                ``load_runs`` or
+                                                                          ``load_metrics``
+``mask_overlap_vs_step``   top-k eigenspace vs top-k mask overlap over    ``load_metrics``
+                           training, per k
 ``llc_curves_by_           λ̂ and test loss over training, one colour per   ``training_curves``
 temperature``              SGD temperature η/B, seeds averaged
 =========================  =============================================  ======================
@@ -56,6 +59,7 @@ __all__ = [
     "saddle_to_saddle",
     "llc_vs_hessian_rank",
     "llc_curves_by_temperature",
+    "mask_overlap_vs_step",
     "training_curve",
     "training_curves",
     "main",
@@ -320,37 +324,78 @@ def saddle_to_saddle(curve: pd.DataFrame) -> Figure:
 
 
 def llc_vs_hessian_rank(runs: pd.DataFrame) -> Figure:
-    r"""λ̂ against rank(Hess)/2, the λ of a minimally singular model.
+    r"""λ̂ against rank(Hess)/2, the λ of a minimally singular model, log-log with the line y = x.
 
     Where the loss is locally a sum of r squares, λ = r/2 with r the rank of the Hessian at w*;
-    points on the line λ̂ = rank(Hess)/2 agree with that.
+    points on the line λ̂ = rank(Hess)/2 agree with that (``expt_min_singular.py`` logs both per r).
 
     Args:
-        runs: One row per run with columns ``hessian_rank`` (r) and ``lambdahat`` (λ̂); optional
+        runs: One row per point with columns ``hessian_rank`` (r) and ``lambdahat`` (λ̂); optional
             ``lambdahat_std`` (error bars) and ``label`` (one series per value).
 
     Returns:
         The figure.
 
     Raises:
-        ValueError: If a column is missing or no row has both values.
+        ValueError: If a column is missing or no row has both values positive.
     """
     _require(runs, ["hessian_rank", "lambdahat"], "llc_vs_hessian_rank")
-    data = runs.dropna(subset=["hessian_rank", "lambdahat"])
+    data = runs[_finite_positive(runs["hessian_rank"]) & _finite_positive(runs["lambdahat"])]
     if data.empty:
-        raise ValueError("llc_vs_hessian_rank: no run has both hessian_rank and lambdahat")
+        raise ValueError("llc_vs_hessian_rank: no run has both hessian_rank and lambdahat > 0")
     with mpl.rc_context(_STYLE):
         fig = Figure(figsize=(5.2, 4.8), layout="constrained")
         ax = fig.subplots()
         half = data["hessian_rank"].to_numpy(float) / 2
-        top = max(half.max(), data["lambdahat"].max()) * 1.1
-        ax.plot([0, top], [0, top], "k--", lw=1, label=rf"{_LAMBDAHAT} = rank(Hess)/2")
+        lo = min(half.min(), data["lambdahat"].min()) / 1.5
+        hi = max(half.max(), data["lambdahat"].max()) * 1.5
+        ax.plot([lo, hi], [lo, hi], "k--", lw=1, label=rf"{_LAMBDAHAT} = rank(Hess)/2")
         for i, (label, group) in enumerate(_series(data)):
             ax.errorbar(group["hessian_rank"] / 2, group["lambdahat"], yerr=_std(group),
                         fmt="o", capsize=2, color=f"C{i}", label=label)
-        ax.set(xlim=(0, top), ylim=(0, top), aspect="equal",
+        ax.set(xscale="log", yscale="log", xlim=(lo, hi), ylim=(lo, hi), aspect="equal",
                xlabel=r"rank(Hess)$\,/\,2$ at $w^*$", ylabel=rf"estimated LLC {_LAMBDAHAT}")
         ax.legend(loc="upper left")
+    return fig
+
+
+def mask_overlap_vs_step(metrics: pd.DataFrame) -> Figure:
+    r"""Overlap ‖M Q‖²_F / k of the top-k Hessian eigenspace with the top-k magnitude mask, over training.
+
+    One colour per k: the exact eigenspace (solid), the sketched one (dashed) and a random
+    subspace's expectation k/d (dotted), as ``expt_hessian_masks.py`` logs them.
+
+    Args:
+        metrics: One run's ``results.load_metrics`` rows with metrics ``overlap/exact/k<k>``, and
+            optionally ``overlap/sketch/k<k>`` and ``overlap/random/k<k>``.
+
+    Returns:
+        The figure.
+
+    Raises:
+        ValueError: If the metrics mix runs or hold no ``overlap/exact/k<k>``.
+    """
+    _require(metrics, ["metric", "step", "value"], "mask_overlap_vs_step")
+    _one_run(metrics, "mask_overlap_vs_step")
+    parts = metrics["metric"].str.extract(r"^overlap/(exact|sketch|random)/k(\d+)$")
+    data = metrics.assign(kind=parts[0], k=pd.to_numeric(parts[1])).dropna(subset=["kind"])
+    if not (data["kind"] == "exact").any():
+        raise ValueError("mask_overlap_vs_step: no metric overlap/exact/k<k> in these metrics")
+    styles = {"exact": ("-", "o", "exact"), "sketch": ("--", "x", "sketched"), "random": (":", None, "random, k/d")}
+    with mpl.rc_context(_STYLE):
+        fig = Figure(figsize=(6.4, 4.4), layout="constrained")
+        ax = fig.subplots()
+        for i, (k, group) in enumerate(data.groupby("k", sort=True)):
+            for kind, (ls, marker, _) in styles.items():
+                g = group[group["kind"] == kind].sort_values("step")
+                if not g.empty:
+                    ax.plot(g["step"], g["value"], ls=ls, marker=marker, color=f"C{i}",
+                            label=f"k = {int(k)}" if kind == "exact" else None)
+        handles, _ = ax.get_legend_handles_labels()
+        handles += [Line2D([], [], color="0.3", ls=ls, marker=m, label=text) for ls, m, text in styles.values()]
+        ax.set(yscale="log", xlabel="training step $t$",
+               ylabel=r"overlap $\Vert M Q\Vert_F^2 / k$ (top-$k$ mask, top-$k$ eigenspace)")
+        ax.legend(handles=handles, loc="best", ncols=2)
     return fig
 
 
@@ -564,6 +609,11 @@ def _temperature_frame(sources: Sequence[str], filters: dict, args: argparse.Nam
     metrics = results.load_metrics(*sources, **{"status": "COMPLETED", **filters})
     return training_curves(metrics, runs, {"sgd_temperature": "temperature"},
                            {**TRAINING_METRICS, "test/loss": "test_loss"})
+def _metrics_frame(sources: Sequence[str], filters: dict, args: argparse.Namespace) -> pd.DataFrame:
+    metrics = results.load_metrics(*sources, **filters)
+    if args.run_id is not None:
+        metrics = metrics[metrics["run_id"].astype(str) == str(args.run_id)]
+    return metrics
 
 
 FIGURES: dict[str, tuple[Callable[..., Figure], Callable[..., pd.DataFrame]]] = {
@@ -574,6 +624,7 @@ FIGURES: dict[str, tuple[Callable[..., Figure], Callable[..., pd.DataFrame]]] = 
     "saddle_to_saddle": (saddle_to_saddle, _curve_frame),
     "llc_vs_hessian_rank": (llc_vs_hessian_rank, _runs_frame),
     "llc_curves_by_temperature": (llc_curves_by_temperature, _temperature_frame),
+    "mask_overlap_vs_step": (mask_overlap_vs_step, _metrics_frame),
 }
 """Figure name → (drawing function, how the command line builds its frame from sources)."""
 

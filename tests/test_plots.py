@@ -145,8 +145,22 @@ def test_llc_vs_hessian_rank():
     fig = plots.llc_vs_hessian_rank(runs)
 
     (ax,) = fig.axes
-    assert list(ax.get_lines()[0].get_xdata()) == pytest.approx([0, 3.3])  # λ̂ = rank/2
+    line = ax.get_lines()[0]
+    assert list(line.get_xdata()) == list(line.get_ydata()) == pytest.approx([1 / 1.5, 4.5])  # λ̂ = rank/2
+    assert ax.get_xscale() == ax.get_yscale() == "log"
     assert "rank(Hess)" in ax.get_xlabel()
+
+
+def test_mask_overlap_vs_step():
+    rows = [(f"overlap/{kind}/k{k}", t, v) for k in (5, 20) for t in (0, 100)
+            for kind, v in (("exact", 0.1 * k / 5), ("sketch", 0.09 * k / 5), ("random", k / 1000))]
+    metrics = pd.DataFrame(rows, columns=["metric", "step", "value"]).assign(run_id=1, source="x")
+    fig = plots.mask_overlap_vs_step(metrics)
+    (ax,) = fig.axes
+    assert len(ax.get_lines()) == 6 and ax.get_yscale() == "log"
+    assert list(ax.get_lines()[0].get_ydata()) == pytest.approx([0.1, 0.1])  # k = 5, exact
+    with pytest.raises(ValueError, match="no metric overlap/exact"):
+        plots.mask_overlap_vs_step(metrics[~metrics.metric.str.contains("exact")])
 
 
 @pytest.mark.parametrize("figure", ["llc_vs_true", "llc_over_training"])

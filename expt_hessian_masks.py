@@ -1,0 +1,165 @@
+"""Top-k Hessian eigenspaces against top-k magnitude masks along SGD training (the masks study, small scale).
+
+A small MLP (64 → 93 → 10 on sklearn's 8×8 digits, 6,985 parameters, as the study's ``mnist_mini``)
+is trained with SGD. At each step of ``eval_steps`` the full-data Hessian of the training
+cross-entropy is formed and eigendecomposed (exact top-k eigenspace Q), a sketched top-k eigenspace
+Q̃ is computed from ``num_measurements`` random products (``curvature.top_eigs_sketched``, skerch),
+and for each k in ``ks`` the overlap ‖M Q‖²_F / k with the mask M of the k largest-|w_i|
+parameters is logged, for Q and Q̃, with the Grassmann distances; also the sketch's errors
+(eigenvalues, relative; subspace, geodesic distance between Q and Q̃).
+
+    python expt_hessian_masks.py -F outputs/hessian_masks
+    python expt_hessian_masks.py -F outputs/hessian_masks with hidden_width=20 'eval_steps=[0, 50, 200]'
+
+Metrics at each evaluated step: ``train/loss``, ``overlap/exact/k<k>``, ``overlap/sketch/k<k>``,
+``geodesic/exact/k<k>``, ``geodesic/sketch/k<k>``, ``overlap/random/k<k>`` (k/d, a random
+subspace's expectation), ``sketch/eig_rel_error/k<k>`` (max_i |λ̃_i − λ_i|/|λ_i| over the top k),
+``sketch/subspace_geodesic/k<k>``, and ``top_eigenvalue``.
+"""
+
+import time
+
+import torch
+from sklearn.datasets import load_digits
+from torch import nn
+
+import curvature
+
+# Sacred's Experiment comes through experiment.py, which first silences Sacred's pkg_resources warning.
+from experiment import (
+    Experiment,
+    TrainingConfig,
+    default_observer,
+    device_info,
+    generators,
+    int_seed,
+    is_int,
+    make_optimizer,
+    parse,
+    require,
+    resolve_device,
+)
+from models.mlp import MLP
+
+__all__ = ["ex"]
+
+ex = Experiment("hessian_masks")
+
+
+@ex.config
+def config():
+    """MLP 64 → 93 → 10 (6,985 parameters) on digits, SGD, six evaluation steps, k from 5 to 100."""
+    expt_name = None  # run name; runs go to outputs/<expt_name or 'hessian_masks'>/
+    hidden_width = 93  # hidden units: d = 75·hidden_width + 10
+    training_config = {
+        "optim": "sgd",  # sgd | adam
+        "learning_rate": 0.05,  # step size
+        "momentum": 0.0,  # plain SGD
+        "batch_size": 64,  # minibatch
+        "num_steps": 2000,  # training steps
+    }
+    eval_steps = [0, 50, 200, 500, 1000, 2000]  # training steps at which the Hessian is analysed
+    ks = [5, 20, 50, 100]  # sizes k of the eigenspace and of the mask
+    num_measurements = 300  # sketch size s (≥ max k): products H Ω for the sketched eigenspace
+    device = "auto"  # auto | cpu | cuda | cuda:<i>
+    seed = 0  # root of all randomness
+
+
+def digits(dev: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """sklearn's 1,797 8×8 digits, pixels scaled to [0, 1], as (x (n, 64), labels (n,))."""
+    x, y = load_digits(return_X_y=True)
+    return torch.tensor(x / 16.0, dtype=torch.float32, device=dev), torch.tensor(y, device=dev)
+
+
+@ex.capture
+def check_setup(training: TrainingConfig, hidden_width, eval_steps, ks, num_measurements) -> None:
+    """Validate the top-level config.
+
+    Raises:
+        ValueError: Naming the bad key and value.
+    """
+    d = 75 * hidden_width + 10 if is_int(hidden_width) else 0
+    require(is_int(hidden_width) and hidden_width >= 1, f"hidden_width must be an int >= 1, got {hidden_width!r}")
+    require(isinstance(eval_steps, list) and eval_steps and all(is_int(t) and 0 <= t <= training.num_steps
+                                                                  for t in eval_steps),
+            f"eval_steps must be a list of ints in [0, training_config.num_steps={training.num_steps}], "
+            f"got {eval_steps!r}")
+    require(isinstance(ks, list) and ks and all(is_int(k) and 1 <= k < d for k in ks),
+            f"ks must be a list of ints in [1, d={d}), got {ks!r}")
+    require(is_int(num_measurements) and max(ks) <= num_measurements <= d,
+            f"num_measurements must be an int in [max(ks)={max(ks)}, d={d}], got {num_measurements!r}")
+
+
+@ex.capture
+def analyse(_run, model: nn.Module, data, step: int, seed: int, ks, num_measurements) -> dict:
+    """Exact and sketched top-k eigenspaces at the current parameters, their mask overlaps and the sketch's errors.
+
+    Returns:
+        The record of this step.
+    """
+    H = curvature.hessian_operator(model, nn.functional.cross_entropy, data)
+    t0 = time.perf_counter()
+    vals, vecs = curvature.top_eigs_exact(curvature.full_hessian(H), max(ks))
+    t_exact = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    svals, svecs = curvature.top_eigs_sketched(H, max(ks), num_measurements=num_measurements, seed=seed)
+    t_sketch = time.perf_counter() - t0
+    w = curvature.flat_params(model)
+    d = w.numel()
+    rec = {"step": step, "top_eigenvalue": float(vals[0]), "exact_time_s": t_exact, "sketch_time_s": t_sketch, "k": {}}
+    for k in ks:
+        idx = curvature.magnitude_mask(w, k)
+        exact, sketch = curvature.mask_overlap(vecs[:, :k], idx), curvature.mask_overlap(svecs[:, :k], idx)
+        eig_err = float(((svals[:k].double() - vals[:k]).abs() / vals[:k].abs()).max())
+        sub = curvature.grassmann_distances(vecs[:, :k], svecs[:, :k])
+        rec["k"][k] = dict(exact=exact, sketch=sketch, eig_rel_error=eig_err, subspace=sub)
+        for key, value in ((f"overlap/exact/k{k}", exact["overlap"]), (f"overlap/sketch/k{k}", sketch["overlap"]),
+                           (f"geodesic/exact/k{k}", exact["geodesic"]), (f"geodesic/sketch/k{k}", sketch["geodesic"]),
+                           (f"overlap/random/k{k}", k / d), (f"sketch/eig_rel_error/k{k}", eig_err),
+                           (f"sketch/subspace_geodesic/k{k}", sub["geodesic"])):
+            _run.log_scalar(key, value, step)
+    _run.log_scalar("top_eigenvalue", rec["top_eigenvalue"], step)
+    return rec
+
+
+@ex.main
+def run(_run, training_config, hidden_width, eval_steps, device, seed) -> dict:
+    """Train with SGD; at each evaluation step analyse the Hessian; record."""
+    training = parse(TrainingConfig, "training_config", training_config)
+    check_setup(training)
+    dev = resolve_device(device)
+    _run.info.update(device_info(dev))
+    g_init, g_batch, g_sketch = generators(seed, 3)
+    x, y = digits(dev)
+    model = MLP(64, [hidden_width], 10)
+    with torch.no_grad():  # PyTorch's default init, U(±1/√fan_in), drawn from Sacred's root seed
+        for layer in (m for m in model.modules() if isinstance(m, nn.Linear)):
+            bound = layer.in_features ** -0.5
+            for p in layer.parameters():
+                p.copy_(torch.rand(p.shape, generator=g_init) * 2 * bound - bound)
+    model = model.to(dev)
+    opt = make_optimizer(model.parameters(), training)
+    records, todo = [], set(eval_steps)
+    for t in range(training.num_steps + 1):
+        if t in todo:
+            records.append(analyse(_run, model, (x, y), t, int_seed(g_sketch) % 2**31))
+            _run.info["per_step"] = records
+        if t == training.num_steps:
+            break
+        idx = torch.randint(len(x), (training.batch_size,), generator=g_batch).to(dev)
+        loss = nn.functional.cross_entropy(model(x[idx]), y[idx])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if t % 10 == 0:
+            _run.log_scalar("train/loss", loss.item(), t)
+    _run.info["model_dim"] = sum(p.numel() for p in model.parameters())
+    return {"model_dim": _run.info["model_dim"], "eval_steps": eval_steps}
+
+
+observe_by_default = default_observer(ex, "hessian_masks")
+
+
+if __name__ == "__main__":
+    ex.option_hook(observe_by_default)
+    ex.run_commandline()
