@@ -701,12 +701,15 @@ def _raise_nonfinite_loss(potential: _Potential, value: float, x: Tensor, y: Ten
 # --------------------------------------------------------------------------------------------
 
 
-def _hvp_fn(potential: _Potential, x: Tensor, y: Tensor, nbeta: float, gamma: float) -> Callable[[Tensor], Tensor]:
-    r"""Hessian-vector product of the local potential :math:`n\beta L + \gamma/2\lVert w-w^*\rVert^2` at :math:`w^*`."""
+def _hvp_fn(
+    potential: _Potential, x: Tensor, y: Tensor, nbeta: float, gamma: float, at: Tensor | None = None
+) -> Callable[[Tensor], Tensor]:
+    r"""Hessian-vector product of the local potential :math:`n\beta L + \gamma/2\lVert w-w^*\rVert^2` at ``at`` (w*)."""
     # Reverse-over-reverse (the Hessian is symmetric, so a VJP of the gradient is an HVP), linearised
     # once for all products. Forward-over-reverse (jvp of grad) fails on F.mse_loss in torch 2.14
     # ("ZeroTensors are immutable", from the target's absent tangent).
-    _, vjp_fn = torch.func.vjp(lambda w: torch.func.grad(potential.loss)(w, x, y), potential.w_star)
+    point = potential.w_star if at is None else at
+    _, vjp_fn = torch.func.vjp(lambda w: torch.func.grad(potential.loss)(w, x, y), point)
 
     def hvp(v: Tensor) -> Tensor:
         (hv,) = vjp_fn(v)
@@ -740,18 +743,34 @@ def _curvature(
 
 
 def _gradient_noise(
-    potential: _Potential, data: _Data, batch_size: int, generator: torch.Generator, num_batches: int = 16
+    potential: _Potential, data: _Data, batch_size: int, generator: torch.Generator, num_batches: int = 16,
+    w: Tensor | None = None,
 ) -> float:
-    r""":math:`\operatorname{tr}\operatorname{Cov}(\nabla L_m(w^*))`, the minibatch gradient's total variance at :math:`w^*`."""
+    r""":math:`\operatorname{tr}\operatorname{Cov}(\nabla L_m(w))`, the minibatch gradient's total variance.
+
+    At :math:`w^*`, or averaged over the rows of ``w`` (C, d), e.g. the states of warmed-up chains.
+    """
     if batch_size >= data.n:
         return 0.0
-    w = potential.w_star[None]
+    w = potential.w_star[None] if w is None else w
     grads = []
     for _ in range(num_batches):
-        idx = torch.randint(data.n, (1, batch_size), generator=generator, device=generator.device).to(data.device)
-        x, y = data.batch(idx)
-        grads.append(potential.grad_value(w, x, y)[0][0])
-    return float(torch.stack(grads).double().var(dim=0).sum())
+        idx = torch.randint(data.n, (w.shape[0], batch_size), generator=generator, device=generator.device)
+        x, y = data.batch(idx.to(data.device))
+        grads.append(potential.grad_value(w, x, y)[0])
+    return float(torch.stack(grads).double().var(dim=0).sum(dim=1).mean())
+
+
+def _hessian_trace_at(
+    potential: _Potential, data: _Data, nbeta: float, gamma: float, generator: torch.Generator, w: Tensor,
+    num_samples: int = 4096, num_probes: int = 16,
+) -> float:
+    """Hutchinson's tr H of the local potential at the point ``w`` (d,), on up to 4096 samples."""
+    idx = torch.randint(data.n, (min(num_samples, data.n),), generator=generator, device=generator.device)
+    x, y = data.batch(idx.to(data.device))
+    hvp = _hvp_fn(potential, x, y, nbeta, gamma, at=w.detach().clone())
+    probes = torch.randint(0, 2, (num_probes, potential.d), generator=generator, device=data.device) * 2.0 - 1
+    return float(np.mean([float(z @ hvp(z)) for z in probes]))
 
 
 # Fallback when the Hessian at w* gives no usable scale: a loss of O(1) curvature per sample gives
@@ -804,11 +823,30 @@ def _calibrate(
     grad_noise = _gradient_noise(potential, source, chains.batch_size, gen)
     if not math.isfinite(grad_noise):
         grad_noise = 0.0  # NaN/inf minibatch gradients at w* carry no usable scale; the acceptance guards
-    bias_rate = (trace_used + nbeta**2 * grad_noise) / 8  # predicted bias of lambdahat per unit epsilon
     eps_stable = max_stiffness / a_used
+    # The bias rate (predicted bias of lambdahat per unit ε) uses the largest tr H and gradient noise
+    # seen, at w* and at the warmed-up chains' states: away from w* both can be far larger (a reduced
+    # rank regression fitted to noise has small weights at w*, so small per-sample gradients there).
+    seen = dict(hessian_trace=trace_used, gradient_noise=grad_noise)
+
+    def bias_rate() -> float:
+        return (seen["hessian_trace"] + nbeta**2 * seen["gradient_noise"]) / 8
 
     def choose(lam: float) -> float:
-        return min(eps_stable, bias_tolerance * lam / bias_rate)
+        return min(eps_stable, bias_tolerance * lam / bias_rate()) if lam > 0 else eps_stable
+
+    def look_around() -> None:
+        """Update the bias rate with tr H and the gradient noise at the chains' current states."""
+        noise = _gradient_noise(potential, source, chains.batch_size, gen, w=chains.w)
+        try:
+            tr_here = _hessian_trace_at(potential, source, nbeta, gamma, gen, chains.w[0])
+        except RuntimeError:  # no second derivatives (see above): the acceptance check still guards
+            tr_here = float("nan")
+        checks[-1].update(gradient_noise=noise, hessian_trace=tr_here)
+        if math.isfinite(noise):
+            seen["gradient_noise"] = max(seen["gradient_noise"], noise)
+        if math.isfinite(tr_here):
+            seen["hessian_trace"] = max(seen["hessian_trace"], tr_here)
 
     lambda_floor = trace_used / (2 * a_used)
     checks: list[dict[str, Any]] = []
@@ -827,7 +865,7 @@ def _calibrate(
                            diverged=diverged, passed=ok))
         return ok, acceptance, lam
 
-    # 1. A conservative pilot from w*, shrunk while it diverges or its acceptance is low.
+    # 1. A conservative pilot from w*, shrunk (and restarted) while it diverges or its acceptance is low.
     pilot_eps, cap = choose(lambda_floor), math.inf
     for _ in range(max_backoffs + 1):
         chains.restart()
@@ -841,16 +879,26 @@ def _calibrate(
         warnings.warn(f"calibrate_epsilon: the MALA acceptance stayed below {min_acceptance} after {max_backoffs} "
                       f"backoffs; using epsilon = {pilot_eps:.3g}. Check diverged and mala_acceptance.",
                       RuntimeWarning, stacklevel=3)
-    # 2. Scale ε to the bias budget at the pilot's λ̂, then check the acceptance again at that ε,
-    #    continuing the same chains (the steps are burn-in, not waste); halve towards the pilot's ε on failure.
+    # 2. Rescale ε to the bias budget at the pilot's λ̂ and at the curvature and noise the chains
+    #    found, and check again at that ε, continuing the same chains (their steps are burn-in, not
+    #    waste). Repeat while a check fails (shrink by the acceptance) or finds more noise than assumed.
     lambda_ref = max(pilot_lambda, lambda_floor if source_key == "w*" else 0.0) if math.isfinite(pilot_lambda) else 0.0
-    epsilon = max(min(choose(lambda_ref), cap), pilot_eps) if lambda_ref > 0 else pilot_eps
-    while epsilon > pilot_eps and checks[-1]["passed"]:
-        ok, acceptance, _ = check(epsilon)
-        if ok:
-            break
-        epsilon = max(epsilon * _backoff(acceptance, min_acceptance, checks[-1]["diverged"]), pilot_eps)
-        cap = epsilon
+    epsilon = pilot_eps
+    if checks[-1]["passed"]:
+        look_around()
+        for _ in range(4):
+            target = min(choose(lambda_ref), cap)
+            if checks[-1]["passed"] and target / 1.25 <= checks[-1]["epsilon"] <= 1.25 * target:
+                break  # the last check passed at the budget's ε (25% slack: the estimates are noisy)
+            epsilon = target
+            ok, acceptance, lam = check(epsilon)
+            look_around()
+            if not ok:
+                cap = epsilon * _backoff(acceptance, min_acceptance, checks[-1]["diverged"])
+            elif math.isfinite(lam):
+                lambda_ref = max(lambda_ref, lam)
+        # The last ε that passed its own check (the pilot's at worst).
+        epsilon = checks[-1]["epsilon"] if checks[-1]["passed"] else min(c["epsilon"] for c in checks if c["passed"])
     final = [c for c in checks if c["epsilon"] == epsilon]
     calibration_steps = chains.steps
     chains.reset_divergence()
@@ -865,6 +913,8 @@ def _calibrate(
         hessian_trace_used=trace_used,
         curvature_source=_CURVATURE_SOURCES[source_key],
         gradient_noise=grad_noise,
+        gradient_noise_used=seen["gradient_noise"],
+        hessian_trace_seen=seen["hessian_trace"],
         nan_gradient_taken_as_zero=potential.nan_grad_to_zero,
         c_max=max_stiffness,
         delta=bias_tolerance,
@@ -876,9 +926,9 @@ def _calibrate(
         pilot_lambdahat=checks[0]["lambdahat"] if len(checks) == 1 else pilot_lambda,
         pilot_mala_acceptance=final[-1]["mala_acceptance"] if final else float("nan"),
         checks=checks,
-        predicted_relative_bias=epsilon * bias_rate / lam_for_bias,
+        predicted_relative_bias=epsilon * bias_rate() / lam_for_bias,
         min_acceptance=min_acceptance,
-        limited_by="stability" if epsilon == eps_stable else "mala_acceptance" if epsilon == cap else "bias",
+        limited_by="stability" if epsilon == eps_stable else "mala_acceptance" if epsilon >= cap else "bias",
         calibration_steps=calibration_steps,
         calibration_seconds=time.perf_counter() - start,
     )
