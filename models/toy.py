@@ -244,7 +244,7 @@ class PolynomialRegression(nn.Module):
     \min_i 1/(2k_i)` over :math:`k_i \ge 1` (Watanabe 2009, §2.4). With finitely many noisy
     targets :math:`w^* = 0` is not the empirical minimiser, and at a singular point the Hessian
     at :math:`w^*` vanishes or is indefinite: the hard inputs for step-size calibration. A power
-    :math:`k_i = 0` is a factor :math:`w_i^0 = 1` whose autograd derivative at 0 is NaN (0·∞).
+    :math:`k_i = 0` is a factor :math:`w_i^0 = 1` whose second derivative at 0 autograd gives as NaN.
 
     Args:
         powers: The exponents :math:`k_i \ge 0`.
