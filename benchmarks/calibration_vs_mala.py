@@ -16,7 +16,6 @@ import time
 import warnings
 
 import torch
-from torch import nn
 
 from models.dln import DLN, make_true_params
 from models.toy import MinimallySingular, PolynomialRegression, ReducedRankRegression, rrr_data, toy_data

@@ -265,7 +265,7 @@ class PolynomialRegression(nn.Module):
 
     @property
     def true_lambda(self) -> tuple[float, int]:
-        """(λ, multiplicity) of the normal crossing :math:`\\prod_i w_i^{2k_i}`."""
+        r"""(λ, multiplicity) of the normal crossing :math:`\prod_i w_i^{2k_i}`."""
         k_max = max(self.powers)
         return 1 / (2 * k_max), self.powers.count(k_max)
 
