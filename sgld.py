@@ -1082,6 +1082,7 @@ def _validate(n: int, epsilon, gamma, num_steps, num_chains, batch_size, nbeta, 
 _FIRST_ROUND_STEPS = 1000
 _STOP_RHAT = 1.05
 _STOP_QUARTER_SPREAD = 0.10
+_STOP_ROUND_CHANGE = 0.05
 _BURNIN_FRACTIONS = (0.1, 0.2, 0.3, 0.4, 0.5)
 
 
@@ -1139,7 +1140,8 @@ def estimate_llc(
             each round the burn-in b is the smallest of 10%, 20%, …, 50% of the trace (at least
             ``num_burnin_steps``) after which split-:math:`\hat R` ≤ 1.05 and the four quarters'
             :math:`\hat\lambda` spread (max − min) ≤ 10% of :math:`|\hat\lambda|`; it stops at the
-            first round where such a b exists, else at ``max_steps`` (b = 50%). ``stopping`` in
+            first round where such a b exists and :math:`\hat\lambda` moved ≤ 5% from the previous
+            round's (so never before 2000 steps), else at ``max_steps`` (b = 50%). ``stopping`` in
             the result records the rule, every round and why it stopped.
         num_chains: Independent chains, all started at :math:`w^*`.
         batch_size: Minibatch size m, 1 ≤ m ≤ n. Minibatches are drawn with replacement,
@@ -1269,6 +1271,13 @@ def _run_until_settled(
         trace = np.concatenate(traces, axis=1)
         alive = np.array([s is None for s in chains.diverged_at])
         verdict = _settle(trace[alive], chains.init_loss, chains.nbeta, min_burnin) if alive.any() else {}
+        # A slow climb can look flat within one round: λ̂ must also agree with the previous round's.
+        previous = rounds[-1].get("lambdahat") if rounds else None
+        if verdict:
+            lam = verdict["lambdahat"]
+            change = abs(lam - previous) / abs(lam) if previous is not None and lam != 0 else math.inf
+            verdict["change_from_previous_round"] = change
+            verdict["settled"] = verdict["settled"] and change <= _STOP_ROUND_CHANGE
         rounds.append(verdict or dict(steps=total, settled=False))
         if not alive.any():
             reason = "every chain diverged"
@@ -1284,7 +1293,8 @@ def _run_until_settled(
     stopping = dict(
         rule=f"rounds of {_FIRST_ROUND_STEPS} steps, doubling the total, until split-R-hat <= {_STOP_RHAT} and "
         f"(max - min) of the quarters' lambdahat <= {_STOP_QUARTER_SPREAD} |lambdahat| after a burn-in of "
-        f"{', '.join(f'{f:.0%}' for f in _BURNIN_FRACTIONS)} of the trace (the first that passes)",
+        f"{', '.join(f'{f:.0%}' for f in _BURNIN_FRACTIONS)} of the trace (the first that passes), and lambdahat "
+        f"within {_STOP_ROUND_CHANGE} of the previous round's",
         max_steps=max_steps,
         rounds=rounds,
         reason=reason,

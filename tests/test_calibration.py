@@ -183,7 +183,7 @@ def test_pure_noise_reduced_rank_regression_auto_agrees_with_mala():
 
 def test_stopping_rule_stops_early_when_settled():
     # Minimally singular, λ = 5: the trace is flat after a few hundred steps. Measured: stops at
-    # 1000 steps (round 1), burn-in 100, λ̂ 4.96.
+    # 2000 steps (round 2), λ̂ 4.96.
     model = MinimallySingular(d=100, r=10)
     nbeta = default_nbeta(10_000)
     res = estimate_llc(model, model.loss_fn, toy_data(10_000), epsilon=0.05 / (2 * nbeta), num_steps="auto",
