@@ -301,6 +301,12 @@ class LLCResult:
         seed: Root seed of the chains.
         wall_time: Seconds spent sampling.
         epsilon_calibration: What ``epsilon="auto"`` measured and chose, else None.
+        full_batch: True if every step used all n samples in a fixed order (exact gradient).
+        calibration_seconds: Wall time of ``epsilon="auto"``'s probes and checks (not in ``wall_time``).
+        calibration_steps: Steps per chain the calibration ran before the trace (its last check's
+            steps are burn-in of these very chains, at the chosen ε).
+        stopping: For ``num_steps="auto"``: the rule, every round's burn-in, R̂ and quarter
+            spread, and why it stopped; else None.
     """
 
     lambdahat: float
@@ -328,6 +334,10 @@ class LLCResult:
     seed: int
     wall_time: float
     epsilon_calibration: dict | None = field(default=None)
+    full_batch: bool = False
+    calibration_seconds: float = 0.0
+    calibration_steps: int = 0
+    stopping: dict | None = field(default=None)
 
     def to_dict(self) -> dict[str, Any]:
         """All scalars and settings as plain JSON-serialisable Python values (no loss trace).
@@ -432,13 +442,15 @@ class _Potential:
         self.slots: list[tuple[nn.Module, str, int]] = []
         first: dict[int, int] = {}
         values = []
-        for module in self.module.modules():
+        self.names: list[str] = []  # one per block of the vector, as in model.named_parameters()
+        for prefix, module in self.module.named_modules():
             for name, p in list(module._parameters.items()):
                 if p is None or not p.requires_grad:
                     continue
                 if id(p) not in first:  # tied weights are one block of the vector
                     first[id(p)] = len(values)
                     values.append(p.detach())
+                    self.names.append(f"{prefix}.{name}" if prefix else name)
                 del module._parameters[name]
                 self.slots.append((module, name, first[id(p)]))
         if not values:
@@ -456,6 +468,13 @@ class _Potential:
         self._vmap_loss = vmap(self.loss)
         self._chain_loss_fn = vmap(loss_fn)
         self.layers: list[tuple[nn.Module, int | None, int | None]] | None = None  # see verify_linear_layers
+        # Set by _probe when autograd gives NaN at w* where the loss is finite (a removable 0·∞,
+        # e.g. the derivative of w⁰ at w = 0): NaN gradient entries are then taken as 0.
+        self.nan_grad_to_zero = False
+
+    def block_names(self, mask: Tensor) -> list[str]:
+        """Names of the parameter blocks in which the (d,) boolean ``mask`` has a True entry."""
+        return [name for name, block in zip(self.names, mask.split(self.numels)) if bool(block.any())]
 
     def _set(self, blocks: Sequence[Tensor]) -> None:
         # Straight into __dict__: these names are no longer registered parameters, and
@@ -545,12 +564,15 @@ class _Potential:
             with torch.enable_grad():
                 value = self.loss_fn(self.module(x[0]), y[0])
                 grads = torch.autograd.grad(value, self._leaves, allow_unused=True, materialize_grads=True)
-            return torch.cat([g.reshape(-1) for g in grads]).unsqueeze(0), value.detach().unsqueeze(0)
+            return self._finite(torch.cat([g.reshape(-1) for g in grads]).unsqueeze(0)), value.detach().unsqueeze(0)
         with torch.enable_grad():
             leaf = w.detach().requires_grad_()
             values = self.chain_losses(leaf, x, y)
             (g,) = torch.autograd.grad(values.sum(), leaf)
-        return g, values.detach()
+        return self._finite(g), values.detach()
+
+    def _finite(self, g: Tensor) -> Tensor:
+        return g.masked_fill_(g.isnan(), 0.0) if self.nan_grad_to_zero else g
 
     @torch.no_grad()
     def batch_loss(self, w: Tensor, x: Tensor, y: Tensor) -> Tensor:
@@ -582,7 +604,7 @@ class _Potential:
                 leaf = w.detach().requires_grad_()
                 v = self.chain_losses(leaf, x, y)
                 (g,) = torch.autograd.grad(v.sum(), leaf)
-            g_total.add_(g, alpha=len(idx) / data.n)
+            g_total.add_(self._finite(g), alpha=len(idx) / data.n)
             v_total += v.detach().double() * (len(idx) / data.n)
         return g_total, v_total
 
@@ -630,7 +652,48 @@ def _probe(potential: _Potential, data: _Data) -> None:
         raise ValueError(
             f"loss_fn must return the mean loss as a scalar, got shape {tuple(value.shape)}; use reduction='mean'"
         )
+    if not torch.isfinite(value):
+        _raise_nonfinite_loss(potential, float(value), x, y)
+    bad = _gradient(potential, x, y).isnan()
+    if bool(bad.any()):
+        # The loss is finite but autograd is not: typically 0·∞ in the derivative of a factor like
+        # w⁰ at w = 0, whose true derivative is 0. Everywhere else the gradient is finite, so the
+        # NaN entries are taken as 0 (the limit) rather than letting every chain diverge at step 0.
+        potential.nan_grad_to_zero = True
+        warnings.warn(
+            f"the gradient of the loss at w* is NaN in {potential.block_names(bad)} although the loss is finite "
+            f"({float(value):.4g}); NaN gradient entries are taken as 0 (the limit of a removable singularity "
+            "such as d/dw w^0 at w = 0).",
+            RuntimeWarning,
+            stacklevel=3,
+        )
     potential.verify_linear_layers(x)
+
+
+def _gradient(potential: _Potential, x: Tensor, y: Tensor) -> Tensor:
+    """Plain autograd gradient (d,) of the loss on one batch at w*, not sanitised."""
+    with torch.enable_grad():
+        leaf = potential.w_star.detach().clone().requires_grad_()
+        (g,) = torch.autograd.grad(potential.loss(leaf, x, y), leaf, allow_unused=True, materialize_grads=True)
+    return g
+
+
+def _raise_nonfinite_loss(potential: _Potential, value: float, x: Tensor, y: Tensor) -> None:
+    """A loss that is NaN/inf at w* itself: no chain can start there. Say which parameters produced it."""
+    bad_values = potential.block_names(~torch.isfinite(potential.w_star))
+    if bad_values:
+        culprit = f"non-finite values in the parameters {bad_values}"
+    else:
+        try:
+            touched = potential.block_names(~torch.isfinite(_gradient(potential, x, y)))
+        except RuntimeError:
+            touched = []
+        culprit = (f"the NaN flows through the parameters {touched}" if touched
+                   else f"all parameters {potential.names} are finite, so the model or loss_fn produces it")
+    raise ValueError(
+        f"the loss at w* is {value} ({culprit}); the chains start at w*, so the loss must be finite there: "
+        "check the model's parameters and loss_fn(model(x), y) at w*"
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -638,12 +701,15 @@ def _probe(potential: _Potential, data: _Data) -> None:
 # --------------------------------------------------------------------------------------------
 
 
-def _hvp_fn(potential: _Potential, x: Tensor, y: Tensor, nbeta: float, gamma: float) -> Callable[[Tensor], Tensor]:
-    r"""Hessian-vector product of the local potential :math:`n\beta L + \gamma/2\lVert w-w^*\rVert^2` at :math:`w^*`."""
+def _hvp_fn(
+    potential: _Potential, x: Tensor, y: Tensor, nbeta: float, gamma: float, at: Tensor | None = None
+) -> Callable[[Tensor], Tensor]:
+    r"""Hessian-vector product of the local potential :math:`n\beta L + \gamma/2\lVert w-w^*\rVert^2` at ``at`` (w*)."""
     # Reverse-over-reverse (the Hessian is symmetric, so a VJP of the gradient is an HVP), linearised
     # once for all products. Forward-over-reverse (jvp of grad) fails on F.mse_loss in torch 2.14
     # ("ZeroTensors are immutable", from the target's absent tangent).
-    _, vjp_fn = torch.func.vjp(lambda w: torch.func.grad(potential.loss)(w, x, y), potential.w_star)
+    point = potential.w_star if at is None else at
+    _, vjp_fn = torch.func.vjp(lambda w: torch.func.grad(potential.loss)(w, x, y), point)
 
     def hvp(v: Tensor) -> Tensor:
         (hv,) = vjp_fn(v)
@@ -677,18 +743,195 @@ def _curvature(
 
 
 def _gradient_noise(
-    potential: _Potential, data: _Data, batch_size: int, generator: torch.Generator, num_batches: int = 16
+    potential: _Potential, data: _Data, batch_size: int, generator: torch.Generator, num_batches: int = 16,
+    w: Tensor | None = None,
 ) -> float:
-    r""":math:`\operatorname{tr}\operatorname{Cov}(\nabla L_m(w^*))`, the minibatch gradient's total variance at :math:`w^*`."""
+    r""":math:`\operatorname{tr}\operatorname{Cov}(\nabla L_m(w))`, the minibatch gradient's total variance.
+
+    At :math:`w^*`, or averaged over the rows of ``w`` (C, d), e.g. the states of warmed-up chains.
+    """
     if batch_size >= data.n:
         return 0.0
-    w = potential.w_star[None]
+    w = potential.w_star[None] if w is None else w
     grads = []
     for _ in range(num_batches):
-        idx = torch.randint(data.n, (1, batch_size), generator=generator, device=generator.device).to(data.device)
-        x, y = data.batch(idx)
-        grads.append(potential.grad_value(w, x, y)[0][0])
-    return float(torch.stack(grads).double().var(dim=0).sum())
+        idx = torch.randint(data.n, (w.shape[0], batch_size), generator=generator, device=generator.device)
+        x, y = data.batch(idx.to(data.device))
+        grads.append(potential.grad_value(w, x, y)[0])
+    return float(torch.stack(grads).double().var(dim=0).sum(dim=1).mean())
+
+
+def _hessian_trace_at(
+    potential: _Potential, data: _Data, nbeta: float, gamma: float, generator: torch.Generator, w: Tensor,
+    num_samples: int = 4096, num_probes: int = 16,
+) -> float:
+    """Hutchinson's tr H of the local potential at the point ``w`` (d,), on up to 4096 samples."""
+    idx = torch.randint(data.n, (min(num_samples, data.n),), generator=generator, device=generator.device)
+    x, y = data.batch(idx.to(data.device))
+    hvp = _hvp_fn(potential, x, y, nbeta, gamma, at=w.detach().clone())
+    probes = torch.randint(0, 2, (num_probes, potential.d), generator=generator, device=data.device) * 2.0 - 1
+    return float(np.mean([float(z @ hvp(z)) for z in probes]))
+
+
+# Fallback when the Hessian at w* gives no usable scale: a loss of O(1) curvature per sample gives
+# nβ L a curvature of O(nβ); the MALA acceptance search then corrects this first guess.
+_CURVATURE_SOURCES = {
+    "w*": "largest eigenvalue and trace of the Hessian at w*",
+    "|a| at w*": "|largest-magnitude eigenvalue| at w* (it is negative: w* is not a minimum of the local potential)",
+    "nbeta + gamma": "unit-curvature guess nbeta + gamma (the curvature at w* is zero or non-finite); "
+    "the step is then set by the MALA acceptance search alone",
+}
+
+
+def _usable_curvature(a_max: float, trace: float, nbeta: float, gamma: float) -> tuple[float, float, str]:
+    """(a, tr H, source) to build ε from: the measured values when they are a positive scale, else a fallback."""
+    if math.isfinite(a_max) and a_max > 0:
+        return a_max, max(abs(trace), a_max) if math.isfinite(trace) else a_max, "w*"
+    if math.isfinite(a_max) and a_max < 0:
+        return -a_max, max(abs(trace), -a_max) if math.isfinite(trace) else -a_max, "|a| at w*"
+    return nbeta + gamma, nbeta + gamma, "nbeta + gamma"
+
+
+def _backoff(acceptance: float, target: float, diverged: bool) -> float:
+    r"""Factor to shrink ε by after a failed check.
+
+    MALA's rejection probability scales as :math:`\epsilon^{3/2}` for small steps (Roberts &
+    Rosenthal 1998, "Optimal scaling of discrete approximations to Langevin diffusions"), so the
+    step that meets the target is about :math:`((1-t)/(1-a))^{2/3}` times the step that gave
+    acceptance a; clipped to [1/16, 1/2]. A divergence, or no acceptance at all, gives 1/4.
+    """
+    if diverged or not math.isfinite(acceptance) or acceptance >= 1:
+        return 0.25
+    return float(np.clip(((1 - target) / (1 - acceptance)) ** (2 / 3), 1 / 16, 1 / 2))
+
+
+def _calibrate(
+    potential: _Potential, source: _Data, chains: _Chains, *, gamma: float, nbeta: float, bias_tolerance: float,
+    max_stiffness: float, pilot_steps: int, min_acceptance: float, max_backoffs: int, seed: int,
+) -> dict[str, Any]:
+    """The rule of :func:`calibrate_epsilon`, run on ``chains``, which it leaves warmed up at the chosen ε."""
+    start = time.perf_counter()
+    gen = torch.Generator(device=source.device)
+    gen.manual_seed(seed)
+    try:
+        a_max, trace = _curvature(potential, source, nbeta, gamma, gen)
+    except RuntimeError as err:  # a model that torch.func cannot differentiate twice: no curvature
+        warnings.warn(f"calibrate_epsilon: no Hessian-vector products ({err}); using the fallback", RuntimeWarning,
+                      stacklevel=3)
+        a_max = trace = float("nan")
+    a_used, trace_used, source_key = _usable_curvature(a_max, trace, nbeta, gamma)
+    grad_noise = _gradient_noise(potential, source, chains.batch_size, gen)
+    if not math.isfinite(grad_noise):
+        grad_noise = 0.0  # NaN/inf minibatch gradients at w* carry no usable scale; the acceptance guards
+    eps_stable = max_stiffness / a_used
+    # The bias rate (predicted bias of lambdahat per unit ε) uses the largest tr H and gradient noise
+    # seen, at w* and at the warmed-up chains' states: away from w* both can be far larger (a reduced
+    # rank regression fitted to noise has small weights at w*, so small per-sample gradients there).
+    seen = dict(hessian_trace=trace_used, gradient_noise=grad_noise)
+
+    def bias_rate() -> float:
+        return (seen["hessian_trace"] + nbeta**2 * seen["gradient_noise"]) / 8
+
+    def choose(lam: float) -> float:
+        return min(eps_stable, bias_tolerance * lam / bias_rate()) if lam > 0 else eps_stable
+
+    def look_around() -> None:
+        """Update the bias rate with tr H and the gradient noise at the chains' current states."""
+        noise = _gradient_noise(potential, source, chains.batch_size, gen, w=chains.w)
+        try:
+            tr_here = _hessian_trace_at(potential, source, nbeta, gamma, gen, chains.w[0])
+        except RuntimeError:  # no second derivatives (see above): the acceptance check still guards
+            tr_here = float("nan")
+        checks[-1].update(gradient_noise=noise, hessian_trace=tr_here)
+        if math.isfinite(noise):
+            seen["gradient_noise"] = max(seen["gradient_noise"], noise)
+        if math.isfinite(tr_here):
+            seen["hessian_trace"] = max(seen["hessian_trace"], tr_here)
+
+    lambda_floor = trace_used / (2 * a_used)
+    checks: list[dict[str, Any]] = []
+
+    def check(epsilon: float) -> tuple[bool, float, float]:
+        """Advance the chains ``pilot_steps`` at ε; judge divergence and the MALA acceptance of the proposals."""
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # divergences here are the signal, not an error
+            tr, acc = chains.run(pilot_steps, epsilon=epsilon, mala_every=10, loss_trace_minibatch=True,
+                                 control_variate=True)
+        diverged = any(s is not None for s in chains.diverged_at)
+        acceptance = float(np.nanmean(acc)) if np.isfinite(acc).any() else float("nan")
+        lam = float(llc_from_losses(tr, chains.init_loss, nbeta, pilot_steps // 2).mean())
+        ok = not diverged and acceptance >= min_acceptance
+        checks.append(dict(epsilon=epsilon, steps=pilot_steps, mala_acceptance=acceptance, lambdahat=lam,
+                           diverged=diverged, passed=ok))
+        return ok, acceptance, lam
+
+    # 1. A conservative pilot from w*, shrunk (and restarted) while it diverges or its acceptance is low.
+    pilot_eps, cap = choose(lambda_floor), math.inf
+    for _ in range(max_backoffs + 1):
+        chains.restart()
+        ok, acceptance, pilot_lambda = check(pilot_eps)
+        if ok:
+            break
+        pilot_eps *= _backoff(acceptance, min_acceptance, checks[-1]["diverged"])
+        cap = pilot_eps
+    else:
+        chains.restart()
+        warnings.warn(f"calibrate_epsilon: the MALA acceptance stayed below {min_acceptance} after {max_backoffs} "
+                      f"backoffs; using epsilon = {pilot_eps:.3g}. Check diverged and mala_acceptance.",
+                      RuntimeWarning, stacklevel=3)
+    # 2. Rescale ε to the bias budget at the pilot's λ̂ and at the curvature and noise the chains
+    #    found, and check again at that ε, continuing the same chains (their steps are burn-in, not
+    #    waste). Repeat while a check fails (shrink by the acceptance) or finds more noise than assumed.
+    lambda_ref = max(pilot_lambda, lambda_floor if source_key == "w*" else 0.0) if math.isfinite(pilot_lambda) else 0.0
+    epsilon = pilot_eps
+    if checks[-1]["passed"]:
+        look_around()
+        for _ in range(4):
+            target = min(choose(lambda_ref), cap)
+            if checks[-1]["passed"] and target / 1.25 <= checks[-1]["epsilon"] <= 1.25 * target:
+                break  # the last check passed at the budget's ε (25% slack: the estimates are noisy)
+            epsilon = target
+            ok, acceptance, lam = check(epsilon)
+            look_around()
+            if not ok:
+                cap = epsilon * _backoff(acceptance, min_acceptance, checks[-1]["diverged"])
+            elif math.isfinite(lam):
+                lambda_ref = max(lambda_ref, lam)
+        # The last ε that passed its own check (the pilot's at worst).
+        epsilon = checks[-1]["epsilon"] if checks[-1]["passed"] else min(c["epsilon"] for c in checks if c["passed"])
+    final = [c for c in checks if c["epsilon"] == epsilon]
+    calibration_steps = chains.steps
+    chains.reset_divergence()
+    lam_for_bias = lambda_ref if lambda_ref > 0 else lambda_floor
+    return dict(
+        epsilon=epsilon,
+        rule="epsilon = min(c_max / a, delta * lambda_ref / ((tr H + nbeta^2 tr Cov(grad L_m)) / 8)), "
+        "then MALA acceptance >= min_acceptance checked at the final epsilon",
+        a_max=a_max,
+        hessian_trace=trace,
+        curvature_used=a_used,
+        hessian_trace_used=trace_used,
+        curvature_source=_CURVATURE_SOURCES[source_key],
+        gradient_noise=grad_noise,
+        gradient_noise_used=seen["gradient_noise"],
+        hessian_trace_seen=seen["hessian_trace"],
+        nan_gradient_taken_as_zero=potential.nan_grad_to_zero,
+        c_max=max_stiffness,
+        delta=bias_tolerance,
+        stiffness=epsilon * a_used,
+        lambda_floor=lambda_floor,
+        lambda_ref=lambda_ref,
+        pilot_epsilon=pilot_eps,
+        pilot_steps=pilot_steps,
+        pilot_lambdahat=checks[0]["lambdahat"] if len(checks) == 1 else pilot_lambda,
+        pilot_mala_acceptance=final[-1]["mala_acceptance"] if final else float("nan"),
+        checks=checks,
+        predicted_relative_bias=epsilon * bias_rate() / lam_for_bias,
+        min_acceptance=min_acceptance,
+        limited_by="stability" if epsilon == eps_stable else "mala_acceptance" if epsilon >= cap else "bias",
+        calibration_steps=calibration_steps,
+        calibration_seconds=time.perf_counter() - start,
+    )
 
 
 def calibrate_epsilon(
@@ -698,7 +941,7 @@ def calibrate_epsilon(
     *,
     gamma: float = 1.0,
     nbeta: float | None = None,
-    batch_size: int = 256,
+    batch_size: int | Literal["full"] | None = 256,
     bias_tolerance: float = 0.02,
     max_stiffness: float = 1.0,
     pilot_steps: int = 1000,
@@ -708,7 +951,7 @@ def calibrate_epsilon(
     seed: int = 0,
     device: torch.device | str | None = None,
 ) -> dict[str, Any]:
-    r"""Choose the SGLD step size ε from the local geometry and gradient noise at :math:`w^*`.
+    r"""Choose the SGLD step size ε from the local geometry and gradient noise at :math:`w^*`, then check it.
 
     The rule bounds the two biases of SGLD and otherwise takes the largest step, since too small
     an ε leaves the flat, singular directions unexplored within the step budget.
@@ -721,11 +964,8 @@ def calibrate_epsilon(
       also stay stable: :math:`\epsilon a_{\max} \le c_{\max}`.
     * *Gradient noise.* The minibatch gradient adds variance
       :math:`\tfrac{\epsilon^2}{4} n\beta^2 \operatorname{Cov}(\nabla L_m)` per step to the injected
-      :math:`\epsilon`; it heats each stiff direction by a factor
-      :math:`1 + \tfrac{\epsilon}{4} n\beta^2 \sigma^2`, so :math:`\hat\lambda` grows by about
-      :math:`\tfrac{\epsilon}{8} n\beta^2 \operatorname{tr}\operatorname{Cov}(\nabla L_m(w^*))`. With noisy
-      data at large n this term dominates (reduced rank regression at n = 1e5, m = 256: a step
-      with :math:`\epsilon a_{\max} = 1` overshoots λ = 4 six-fold); a larger batch shrinks it.
+      :math:`\epsilon`; :math:`\hat\lambda` grows by about
+      :math:`\tfrac{\epsilon}{8} n\beta^2 \operatorname{tr}\operatorname{Cov}(\nabla L_m(w^*))`.
 
     Hence, with :math:`\delta` = ``bias_tolerance`` and a reference :math:`\lambda_{\text{ref}}`,
 
@@ -733,23 +973,37 @@ def calibrate_epsilon(
                \frac{8\,\delta\,\lambda_{\text{ref}}}{\operatorname{tr} H
                + n\beta^2 \operatorname{tr}\operatorname{Cov}(\nabla L_m)}\Bigr).
 
-    :math:`\lambda_{\text{ref}}` is first the lower bound :math:`\operatorname{tr}H/(2a_{\max})`
-    (since :math:`\operatorname{tr}H/a_{\max} \le \operatorname{rank}H` and
-    :math:`\lambda \ge \operatorname{rank}H/2` up to the γ-directions), then the estimate of a
-    pilot run at the ε that bound gives. :math:`a_{\max}` comes from power iteration and
-    :math:`\operatorname{tr}H` from Hutchinson's estimator, both on Hessian-vector products over
-    up to 4096 samples; the gradient covariance from 16 minibatches at :math:`w^*`.
+    :math:`a_{\max}` comes from power iteration and :math:`\operatorname{tr}H` from Hutchinson's
+    estimator, on Hessian-vector products over up to 4096 samples; the gradient covariance from 16
+    minibatches at :math:`w^*`. The steps:
 
-    The curvature at :math:`w^*` can miss stiffer regions the chain reaches (at a singular point
-    the Hessian may vanish, e.g. normal crossings). So the pilot also checks the MALA acceptance of
-    its proposals, which stays near 1 while the Langevin step is accurate: if a chain diverges or
-    the mean acceptance falls below ``min_acceptance``, the pilot's ε is divided by 4 and rerun,
-    and the final ε is capped at the last step that passed. Limitation: the pilot's mean
-    acceptance can miss rare excursions into much stiffer regions (the arms of a normal crossing
-    at large nβ, where the curvature reaches 2nβ); there, check ``diverged`` and choose ε by hand.
-    Well-conditioned models with noisy data are limited by bias (ε far below
-    :math:`1/a_{\max}`); deep linear networks on noise-free data, with a few stiff directions among
-    many flat ones, by stability (:math:`\epsilon a_{\max} = c_{\max}`).
+    1. *Pilot.* At the ε of the lower bound :math:`\lambda_{\text{ref}} = \operatorname{tr}H/(2a_{\max})`,
+       ``pilot_chains`` chains run ``pilot_steps`` steps from :math:`w^*`, recording the
+       Metropolis–Hastings acceptance probability of their proposals every 10 steps (near 1 while
+       the Langevin step is accurate, whatever the curvature). If a chain diverges or the mean
+       acceptance is below ``min_acceptance``, ε shrinks by :math:`((1-t)/(1-a))^{2/3}` (MALA's
+       rejection scales as :math:`\epsilon^{3/2}`), clipped to [1/16, 1/2], and the pilot restarts.
+    2. *Final ε, checked.* ε is rescaled to the pilot's :math:`\hat\lambda` (the bias budget is
+       relative), and the *same chains continue* ``pilot_steps`` at that ε with the same acceptance
+       check; on failure ε shrinks (not below the pilot's) and is checked again. The final ε has
+       always passed the check itself. In :func:`estimate_llc` these chains are the run's own, so
+       the calibration steps are burn-in, not waste.
+
+    Inputs without a usable curvature (``curvature_source`` in the record says which path ran):
+
+    * largest-magnitude Hessian eigenvalue negative (w* is not a minimum, e.g. noisy targets at a
+      singular point): its absolute value is used, and the trace's;
+    * zero or non-finite curvature (a Hessian that vanishes at a singular point with γ = 0; a NaN
+      gradient at :math:`w^*`; a model ``torch.func`` cannot differentiate twice): the guess
+      :math:`a = n\beta + \gamma` (an O(1) curvature per sample), and the acceptance search decides;
+    * zero gradient noise (full batch, or a loss that ignores the data): only the curvature term;
+    * a gradient that is NaN at :math:`w^*` while the loss is finite (autograd's 0·∞ for factors
+      like :math:`w^0` at 0): NaN entries are taken as 0 in every step (``nan_gradient_taken_as_zero``);
+    * a loss that is NaN or infinite at :math:`w^*`: ``ValueError`` naming the parameters involved.
+
+    Limits: the prediction is first order in ε at the curvature of :math:`w^*`; the acceptance
+    check catches stiffer regions the chains reach, but a short pilot can miss rare excursions
+    (the arms of a normal crossing at large nβ): check ``diverged``.
 
     Args:
         model: The model at :math:`w^*`.
@@ -757,73 +1011,43 @@ def calibrate_epsilon(
         data: As for :func:`estimate_llc`.
         gamma: Localization :math:`\gamma`.
         nbeta: Inverse temperature; default :math:`n/\log n`.
-        batch_size: Minibatch size m of the run to calibrate for.
+        batch_size: Minibatch size m of the run to calibrate for; ``None`` or ``"full"`` for exact full batch.
         bias_tolerance: :math:`\delta`, accepted relative bias of :math:`\hat\lambda`.
         max_stiffness: :math:`c_{\max}`, the largest :math:`\epsilon a_{\max}`.
-        pilot_steps: Steps of the pilot run.
+        pilot_steps: Steps of each check (pilot, and at the final ε).
         pilot_chains: Chains of the pilot run.
-        min_acceptance: Smallest MALA acceptance of the pilot's proposals that is accepted.
-        max_backoffs: How many times the pilot's ε may be divided by 4.
+        min_acceptance: Smallest mean MALA acceptance of the proposals that passes a check.
+        max_backoffs: How many times the pilot's ε may shrink.
         seed: Seed for the probes and the pilot.
         device: Where to compute; default the model's device.
 
     Returns:
-        A dict with ``epsilon`` and what it was derived from: ``a_max``, ``hessian_trace``,
-        ``gradient_noise`` (:math:`\operatorname{tr}\operatorname{Cov}`), ``pilot_lambdahat``,
-        ``pilot_mala_acceptance``, ``predicted_relative_bias``, ``limited_by`` and the ``rule``.
+        A dict with ``epsilon`` and what it was derived from: ``a_max``, ``hessian_trace`` (as
+        measured), ``curvature_used``, ``hessian_trace_used``, ``curvature_source``,
+        ``gradient_noise`` (:math:`\operatorname{tr}\operatorname{Cov}`), ``lambda_ref``,
+        ``pilot_lambdahat``, ``pilot_mala_acceptance`` (at the final ε), every check in ``checks``,
+        ``predicted_relative_bias``, ``limited_by``, ``calibration_steps`` (per chain),
+        ``calibration_seconds`` and the ``rule``.
+
+    Raises:
+        ValueError: If the loss at :math:`w^*` is not finite, or for an out-of-range argument.
     """
     device = torch.device(device) if device is not None else next(model.parameters()).device
     source = _Data(data, device)
     nbeta = default_nbeta(source.n) if nbeta is None else nbeta
-    batch_size = min(batch_size, source.n)
+    full = batch_size is None or batch_size == "full"
+    m = source.n if full else min(batch_size, source.n)
+    _check_int("pilot_steps", pilot_steps, 2)
+    _check_int("pilot_chains", pilot_chains, 1)
     potential = _Potential(model, loss_fn, device)
-    gen = torch.Generator(device=device)
-    gen.manual_seed(seed)
-    a_max, trace = _curvature(potential, source, nbeta, gamma, gen)
-    grad_noise = _gradient_noise(potential, source, batch_size, gen)
-    bias_rate = (trace + nbeta**2 * grad_noise) / 8  # predicted bias of lambdahat per unit epsilon
-    eps_stable = max_stiffness / a_max
-
-    def choose(lam: float) -> float:
-        return min(eps_stable, bias_tolerance * lam / bias_rate)
-
-    lambda_floor = trace / (2 * a_max)
-    pilot_eps = choose(lambda_floor)
-    # Curvature at w* can miss stiffer regions nearby (at a singular point the Hessian may vanish):
-    # if the pilot diverges or its MALA acceptance drops, the step is too large there; shrink it.
-    cap = math.inf
-    for _ in range(max_backoffs + 1):
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            pilot = estimate_llc(
-                model, loss_fn, data, epsilon=pilot_eps, gamma=gamma, num_steps=pilot_steps, num_chains=pilot_chains,
-                batch_size=batch_size, nbeta=nbeta, seed=seed + 1, num_burnin_steps=pilot_steps // 2,
-                control_variate=True, mala_every=10, device=device,  # the pilot is judged by its acceptance
-            )
-        if not pilot.diverged and pilot.mala_acceptance >= min_acceptance:
-            break
-        pilot_eps /= 4
-        cap = pilot_eps
-    lambda_ref = max(pilot.lambdahat, lambda_floor) if math.isfinite(pilot.lambdahat) else lambda_floor
-    epsilon = min(choose(lambda_ref), cap)
-    return dict(
-        epsilon=epsilon,
-        rule="epsilon = min(c_max / a_max, delta * lambda_ref / ((tr H + nbeta^2 tr Cov(grad L_m)) / 8))",
-        a_max=a_max,
-        hessian_trace=trace,
-        gradient_noise=grad_noise,
-        c_max=max_stiffness,
-        delta=bias_tolerance,
-        stiffness=epsilon * a_max,
-        lambda_floor=lambda_floor,
-        pilot_epsilon=pilot_eps,
-        pilot_steps=pilot_steps,
-        pilot_lambdahat=pilot.lambdahat,
-        pilot_mala_acceptance=pilot.mala_acceptance,
-        predicted_relative_bias=epsilon * bias_rate / lambda_ref,
-        min_acceptance=min_acceptance,
-        limited_by="stability" if epsilon == eps_stable else "mala_acceptance" if epsilon == cap else "bias",
-    )
+    _probe(potential, source)
+    init_loss, sigma_m = _checked_init_loss(potential, source, m, full)
+    chains = _Chains(potential, source, _chain_generators(seed + 1, pilot_chains, device), group=pilot_chains,
+                     batch_size=m, full=full, nbeta=nbeta, gamma=gamma, init_loss=init_loss, sigma_m=sigma_m,
+                     check_every=100)
+    return _calibrate(potential, source, chains, gamma=gamma, nbeta=nbeta, bias_tolerance=bias_tolerance,
+                      max_stiffness=max_stiffness, pilot_steps=pilot_steps, min_acceptance=min_acceptance,
+                      max_backoffs=max_backoffs, seed=seed)
 
 
 # --------------------------------------------------------------------------------------------
@@ -832,21 +1056,39 @@ def calibrate_epsilon(
 
 
 def _validate(n: int, epsilon, gamma, num_steps, num_chains, batch_size, nbeta, num_burnin_steps,
-              mala_every, chain_batch_size) -> None:
+              mala_every, chain_batch_size, max_steps: int | None = None) -> None:
     if n < 2:
         raise ValueError(f"data must hold at least 2 samples, got {n}")
     if epsilon != "auto":
         _check_positive("epsilon", epsilon)
     _check_nonnegative("gamma", gamma)
-    _check_int("num_steps", num_steps, 1)
+    if num_steps == "auto":
+        _check_int("max_steps", max_steps, 2)
+        num_steps = min(max_steps, _FIRST_ROUND_STEPS)
+    else:
+        _check_int("num_steps", num_steps, 1)
     _check_int("num_chains", num_chains, 1)
-    _check_int("batch_size", batch_size, 1, n)
+    if batch_size is not None and batch_size != "full":
+        _check_int("batch_size", batch_size, 1, n)
     if nbeta is not None:
         _check_positive("nbeta", nbeta)
     _check_int("num_burnin_steps", num_burnin_steps, 0, num_steps - 1)
     _check_int("mala_every", mala_every, 0)
     if chain_batch_size is not None:
         _check_int("chain_batch_size", chain_batch_size, 1, num_chains)
+
+
+# The stopping rule of num_steps="auto" (documented in estimate_llc).
+_FIRST_ROUND_STEPS = 1000
+_STOP_RHAT = 1.05
+_STOP_QUARTER_SPREAD = 0.10
+_STOP_ROUND_CHANGE = 0.05
+_BURNIN_FRACTIONS = (0.1, 0.2, 0.3, 0.4, 0.5)
+
+
+def _pilot_steps(budget: int) -> int:
+    """Steps of each calibration check: a twentieth of the run, 100 to 1000 (short for short, large runs)."""
+    return int(min(1000, max(100, budget // 20)))
 
 
 def estimate_llc(
@@ -856,9 +1098,9 @@ def estimate_llc(
     *,
     epsilon: float | Literal["auto"],
     gamma: float = 1.0,
-    num_steps: int = 1000,
+    num_steps: int | Literal["auto"] = 1000,
     num_chains: int = 4,
-    batch_size: int = 256,
+    batch_size: int | Literal["full"] | None = 256,
     nbeta: float | None = None,
     seed: int = 0,
     num_burnin_steps: int = 0,
@@ -869,6 +1111,7 @@ def estimate_llc(
     check_every: int = 100,
     progress: bool = False,
     device: torch.device | str | None = None,
+    max_steps: int = 64_000,
 ) -> LLCResult:
     r"""Estimate the local learning coefficient :math:`\hat\lambda(w^*)` at the model's parameters.
 
@@ -888,12 +1131,23 @@ def estimate_llc(
         data: The n training samples: a pair of tensors ``(x, y)``, a torch ``Dataset`` of
             ``(x, y)`` items, or any object with ``__len__`` and ``get_batch(idx) -> (x, y)``
             (used for synthetic data generated on the fly).
-        epsilon: Step size :math:`\epsilon > 0`, or ``"auto"`` for :func:`calibrate_epsilon`.
+        epsilon: Step size :math:`\epsilon > 0`, or ``"auto"`` for :func:`calibrate_epsilon`, run on
+            this run's own chains: they start the run warmed up at the chosen ε (the calibration's
+            steps are extra burn-in; ``calibration_steps`` and ``calibration_seconds`` say how many).
         gamma: Localization strength :math:`\gamma \ge 0`.
-        num_steps: SGLD steps per chain, burn-in included.
+        num_steps: SGLD steps per chain, burn-in included; or ``"auto"``: sample in rounds (1000
+            steps, then doubling the total up to ``max_steps``) until the trace has settled. After
+            each round the burn-in b is the smallest of 10%, 20%, …, 50% of the trace (at least
+            ``num_burnin_steps``) after which split-:math:`\hat R` ≤ 1.05 and the four quarters'
+            :math:`\hat\lambda` spread (max − min) ≤ 10% of :math:`|\hat\lambda|`; it stops at the
+            first round where such a b exists and :math:`\hat\lambda` moved ≤ 5% from the previous
+            round's (so never before 2000 steps), else at ``max_steps`` (b = 50%). ``stopping`` in
+            the result records the rule, every round and why it stopped.
         num_chains: Independent chains, all started at :math:`w^*`.
         batch_size: Minibatch size m, 1 ≤ m ≤ n. Minibatches are drawn with replacement,
-            independently per chain and step (no per-epoch O(n) shuffles).
+            independently per chain and step (no per-epoch O(n) shuffles). ``None`` or ``"full"``:
+            exact full batch, all n samples every step in a fixed order (the exact gradient of
+            :math:`L_n`; ``full_batch`` is set in the result and ``batch_size`` is n).
         nbeta: Inverse temperature :math:`n\beta`; ``None`` means :math:`n/\log n`.
         seed: Root seed; same seed, same result (bit for bit on CPU).
         num_burnin_steps: Leading steps run and kept in the trace but left out of
@@ -917,6 +1171,7 @@ def estimate_llc(
         check_every: Steps between divergence checks (the only host synchronisations).
         progress: Show a ``tqdm`` progress bar.
         device: Where to sample; default the model's device.
+        max_steps: Step budget per chain for ``num_steps="auto"``.
 
     Returns:
         An :class:`LLCResult`. A chain *diverges* at the first step whose loss is NaN or
@@ -927,52 +1182,125 @@ def estimate_llc(
         :math:`\hat\lambda`, ``diverged`` is set, and a ``RuntimeWarning`` names the chain and step.
 
     Raises:
-        ValueError: For an out-of-range argument (named in the message), empty data, or a model
-            that does not accept the data.
+        ValueError: For an out-of-range argument (named in the message), empty data, a model
+            that does not accept the data, or a loss that is NaN/infinite at :math:`w^*` (the
+            message names the parameters involved).
     """
     device = torch.device(device) if device is not None else next(model.parameters()).device
     source = _Data(data, device)
     _validate(source.n, epsilon, gamma, num_steps, num_chains, batch_size, nbeta, num_burnin_steps,
-              mala_every, chain_batch_size)
+              mala_every, chain_batch_size, max_steps)
+    full = batch_size is None or batch_size == "full"
+    m = source.n if full else batch_size
     potential = _Potential(model, loss_fn, device)
     nbeta = default_nbeta(source.n) if nbeta is None else float(nbeta)
     _probe(potential, source)
+    init_loss, sigma_m = _checked_init_loss(potential, source, m, full)
+    gens = _chain_generators(seed, num_chains, device)
+    chains = _Chains(potential, source, gens, group=chain_batch_size or num_chains, batch_size=m, full=full,
+                     nbeta=nbeta, gamma=gamma, init_loss=init_loss, sigma_m=sigma_m, check_every=check_every)
     calibration = None
     if epsilon == "auto":
-        calibration = calibrate_epsilon(model, loss_fn, data, gamma=gamma, nbeta=nbeta, batch_size=batch_size,
-                                        seed=seed, device=device)
+        calibration = _calibrate(
+            potential, source, chains, gamma=gamma, nbeta=nbeta, bias_tolerance=0.02, max_stiffness=1.0,
+            pilot_steps=_pilot_steps(max_steps if num_steps == "auto" else num_steps), min_acceptance=0.95,
+            max_backoffs=8, seed=seed,
+        )
         epsilon = calibration["epsilon"]
-    init_loss, sigma_m = _init_loss(potential, source, batch_size)
-    # Runaway threshold: 100x the largest possible lambda (d/2) beyond 10 sd of minibatch noise.
-    noisy = loss_trace_minibatch and not control_variate
-    runaway = 100 * potential.d / 2 + 10 * nbeta * (sigma_m if noisy else 0.0)
-
-    gens = _chain_generators(seed, num_chains, device)
-    group = chain_batch_size or num_chains
+    run = dict(epsilon=epsilon, mala_every=mala_every, loss_trace_minibatch=loss_trace_minibatch,
+               control_variate=control_variate)
     start = time.perf_counter()
-    traces, accepts, steps_diverged = [], [], []
-    with _progress_bar(progress, num_steps * num_chains) as bar:
-        for lo in range(0, num_chains, group):
-            t, a, dv = _run_chains(
-                potential, source, gens[lo : lo + group], epsilon=epsilon, gamma=gamma, nbeta=nbeta,
-                num_steps=num_steps, batch_size=batch_size, loss_trace_minibatch=loss_trace_minibatch,
-                control_variate=control_variate, mala_every=mala_every, check_every=check_every,
-                init_loss=init_loss, runaway=runaway, bar=bar,
-            )
-            traces.append(t)
-            accepts.append(a)
-            steps_diverged.extend(dv)
+    stopping = None
+    with _progress_bar(progress, (max_steps if num_steps == "auto" else num_steps) * num_chains) as bar:
+        if num_steps == "auto":
+            loss_trace, acceptance, num_burnin_steps, stopping = _run_until_settled(
+                chains, run, max_steps=max_steps, min_burnin=num_burnin_steps, bar=bar)
+        else:
+            loss_trace, acceptance = chains.run(num_steps, bar=bar, **run)
     wall = time.perf_counter() - start
-
-    loss_trace = np.concatenate(traces, axis=0)
-    acceptance = np.concatenate(accepts, axis=0)
     return _summarise(
-        loss_trace, acceptance, steps_diverged, init_loss=init_loss, n=source.n, nbeta=nbeta, epsilon=epsilon,
-        gamma=gamma, batch_size=batch_size, num_burnin_steps=num_burnin_steps,
+        loss_trace, acceptance, chains.diverged_at, init_loss=init_loss, n=source.n, nbeta=nbeta, epsilon=epsilon,
+        gamma=gamma, batch_size=m, num_burnin_steps=num_burnin_steps,
         loss_trace_minibatch=loss_trace_minibatch, control_variate=control_variate, seed=seed, wall=wall,
-        calibration=calibration,
-        init_loss_method=f"full data, n={source.n}, in batches of {batch_size}",
+        calibration=calibration, full_batch=full, stopping=stopping,
+        init_loss_method=f"full data, n={source.n}, in batches of {min(m, 4096) if full else m}",
     )
+
+
+def _checked_init_loss(potential: _Potential, source: _Data, batch_size: int, full: bool) -> tuple[float, float]:
+    """:math:`L_n(w^*)` and the minibatch loss sd σ_m (0 for full batch); a ValueError if the loss is not finite."""
+    init_loss, sigma_m = _init_loss(potential, source, min(batch_size, 4096) if full else batch_size)
+    if not math.isfinite(init_loss):
+        idx = next(source.chunks(min(batch_size, 4096)))
+        _raise_nonfinite_loss(potential, init_loss, *source.batch(idx))
+    return init_loss, 0.0 if full else sigma_m
+
+
+def _settle(trace: np.ndarray, init_loss: float, nbeta: float, min_burnin: int) -> dict[str, Any]:
+    """The stopping rule's verdict on a (chains, steps) trace: the burn-in it picks and whether it settled."""
+    steps = trace.shape[1]
+    verdict: dict[str, Any] = {}
+    for fraction in _BURNIN_FRACTIONS:
+        burnin = max(min_burnin, int(fraction * steps))
+        post = trace[:, burnin:]
+        if post.shape[1] < 8:
+            break
+        quarters = [float(nbeta * (q.mean() - init_loss)) for q in np.array_split(post, 4, axis=1)]
+        lam = float(nbeta * (post.mean() - init_loss))
+        spread = (max(quarters) - min(quarters)) / abs(lam) if lam != 0 else math.inf
+        r = rhat(post)
+        verdict = dict(steps=steps, burnin=burnin, lambdahat=lam, quarters=quarters, quarter_spread=spread, rhat=r,
+                       settled=bool(spread <= _STOP_QUARTER_SPREAD and not r > _STOP_RHAT))
+        if verdict["settled"]:
+            break
+    return verdict
+
+
+def _run_until_settled(
+    chains: _Chains, run: dict[str, Any], *, max_steps: int, min_burnin: int, bar,
+) -> tuple[np.ndarray, np.ndarray, int, dict[str, Any]]:
+    """``num_steps="auto"``: rounds of doubling length until :func:`_settle` passes or ``max_steps`` is reached."""
+    traces, accepts, rounds = [], [], []
+    total, target = 0, min(_FIRST_ROUND_STEPS, max_steps)
+    while True:
+        # Each round's length is a multiple of mala_every, so the acceptance checks stay every mala_every steps.
+        trace, accept = chains.run(target - total, bar=bar, **run)
+        traces.append(trace)
+        accepts.append(accept)
+        total = target
+        trace = np.concatenate(traces, axis=1)
+        alive = np.array([s is None for s in chains.diverged_at])
+        verdict = _settle(trace[alive], chains.init_loss, chains.nbeta, min_burnin) if alive.any() else {}
+        # A slow climb can look flat within one round: λ̂ must also agree with the previous round's.
+        previous = rounds[-1].get("lambdahat") if rounds else None
+        if verdict:
+            lam = verdict["lambdahat"]
+            change = abs(lam - previous) / abs(lam) if previous is not None and lam != 0 else math.inf
+            verdict["change_from_previous_round"] = change
+            verdict["settled"] = verdict["settled"] and change <= _STOP_ROUND_CHANGE
+        rounds.append(verdict or dict(steps=total, settled=False))
+        if not alive.any():
+            reason = "every chain diverged"
+        elif verdict.get("settled"):
+            reason = "settled"
+        elif total >= max_steps:
+            reason = "max_steps reached"
+        else:
+            target = min(2 * total, max_steps)
+            continue
+        break
+    burnin = verdict.get("burnin", max(min_burnin, total // 2))
+    stopping = dict(
+        rule=f"rounds of {_FIRST_ROUND_STEPS} steps, doubling the total, until split-R-hat <= {_STOP_RHAT} and "
+        f"(max - min) of the quarters' lambdahat <= {_STOP_QUARTER_SPREAD} |lambdahat| after a burn-in of "
+        f"{', '.join(f'{f:.0%}' for f in _BURNIN_FRACTIONS)} of the trace (the first that passes), and lambdahat "
+        f"within {_STOP_ROUND_CHANGE} of the previous round's",
+        max_steps=max_steps,
+        rounds=rounds,
+        reason=reason,
+        settled=reason == "settled",
+    )
+    return trace, np.concatenate(accepts, axis=1), burnin, stopping
 
 
 @torch.no_grad()
@@ -995,29 +1323,94 @@ def _progress_bar(enabled: bool, total: int):
     return tqdm(total=total, desc="SGLD", unit="chain-step")
 
 
+class _Chains:
+    """C chains that advance in stretches, keeping their states, generators and divergences between them.
+
+    Chains run in groups of ``group`` (memory); a group's states are copied in and out of the (C, d)
+    state only when there are several groups, so one group costs no extra memory.
+    """
+
+    def __init__(self, potential: _Potential, source: _Data, gens: list[torch.Generator], *, group: int,
+                 batch_size: int, full: bool, nbeta: float, gamma: float, init_loss: float, sigma_m: float,
+                 check_every: int) -> None:
+        self.potential, self.source, self.gens, self.group = potential, source, gens, group
+        self.batch_size, self.nbeta, self.gamma = batch_size, nbeta, gamma
+        self.init_loss, self.sigma_m, self.check_every = init_loss, sigma_m, check_every
+        c = len(gens)
+        self.w = potential.start(c) if group >= c else potential.w_star.expand(c, potential.d).clone()
+        # Exact full batch: every sample once per step, in a fixed order; fetched once.
+        self.full_xy = source.batch(torch.arange(source.n, device=source.device)) if full else None
+        self.steps = 0
+        self.diverged_at: list[int | None] = [None] * c
+
+    def restart(self) -> None:
+        """All chains back to w*, step count and divergences cleared."""
+        self.w.copy_(self.potential.w_star.expand_as(self.w))
+        self.steps = 0
+        self.reset_divergence()
+
+    def reset_divergence(self) -> None:
+        """Forget divergences (chains that diverged were already reset to w*) and count steps from 0."""
+        self.diverged_at = [None] * len(self.gens)
+        self.steps = 0
+
+    def run(self, num_steps: int, *, epsilon: float, mala_every: int, loss_trace_minibatch: bool,
+            control_variate: bool, bar=None) -> tuple[np.ndarray, np.ndarray]:
+        """Advance every chain ``num_steps``; return the (C, num_steps) trace and the MALA acceptances."""
+        # Runaway threshold: 100x the largest possible lambda (d/2) beyond 10 sd of minibatch noise.
+        noisy = loss_trace_minibatch and not control_variate
+        runaway = 100 * self.potential.d / 2 + 10 * self.nbeta * (self.sigma_m if noisy else 0.0)
+        c = len(self.gens)
+        traces, accepts = [], []
+        for lo in range(0, c, self.group):
+            gens = self.gens[lo : lo + self.group]
+            w = self.w
+            if self.group < c:
+                w = self.potential.start(len(gens))
+                w.copy_(self.w[lo : lo + len(gens)])
+            t, a, dv = _run_chains(
+                self.potential, self.source, gens, w, epsilon=epsilon, gamma=self.gamma, nbeta=self.nbeta,
+                num_steps=num_steps, batch_size=self.batch_size, full_xy=self.full_xy,
+                loss_trace_minibatch=loss_trace_minibatch, control_variate=control_variate, mala_every=mala_every,
+                check_every=self.check_every, init_loss=self.init_loss, runaway=runaway, bar=bar, t0=self.steps,
+            )
+            if self.group < c:
+                self.w[lo : lo + len(gens)].copy_(w)
+            traces.append(t)
+            accepts.append(a)
+            for i, step in enumerate(dv):
+                if self.diverged_at[lo + i] is None:
+                    self.diverged_at[lo + i] = step
+        self.steps += num_steps
+        return np.concatenate(traces, axis=0), np.concatenate(accepts, axis=0)
+
+
 def _run_chains(
-    potential: _Potential, source: _Data, gens: Sequence[torch.Generator], *, epsilon: float, gamma: float,
-    nbeta: float, num_steps: int, batch_size: int, loss_trace_minibatch: bool, control_variate: bool,
-    mala_every: int, check_every: int, init_loss: float, runaway: float, bar,
+    potential: _Potential, source: _Data, gens: Sequence[torch.Generator], w: Tensor, *, epsilon: float,
+    gamma: float, nbeta: float, num_steps: int, batch_size: int, full_xy: tuple[Tensor, Tensor] | None,
+    loss_trace_minibatch: bool, control_variate: bool, mala_every: int, check_every: int, init_loss: float,
+    runaway: float, bar, t0: int = 0,
 ) -> tuple[np.ndarray, np.ndarray, list[int | None]]:
-    """Advance one group of chains together; return its trace, MALA acceptances, divergence steps."""
+    """Advance one group of chains ``w`` (C, d) in place; return its trace, MALA acceptances, divergence steps."""
     c, d, device = len(gens), potential.d, source.device
     w_star = potential.w_star
     w_star_c = w_star.expand(c, d)
-    w = potential.start(c)
     noise = torch.empty_like(w)
     idx = torch.empty(c, batch_size, dtype=torch.long, device=device)
     # Row views made once: each chain's generator fills its own row in place, every step.
     rows = list(zip(gens, idx, noise))
+    if full_xy is not None:
+        x, y = (t.expand(c, *t.shape) for t in full_xy)
     trace = torch.empty(c, num_steps, device=device, dtype=torch.float64)
     num_mala = len(range(0, num_steps, mala_every)) if mala_every else 0
     accept = torch.full((c, num_mala), float("nan"), device=device, dtype=torch.float64)
     diverged_at: list[int | None] = [None] * c
     checked = 0
     for t in range(num_steps):
-        for g, idx_i, _ in rows:
-            torch.randint(source.n, (batch_size,), generator=g, device=device, out=idx_i)
-        x, y = source.batch(idx)
+        if full_xy is None:
+            for g, idx_i, _ in rows:
+                torch.randint(source.n, (batch_size,), generator=g, device=device, out=idx_i)
+            x, y = source.batch(idx)
         grad, loss = potential.grad_value(w, x, y)
         if not loss_trace_minibatch:
             trace[:, t] = potential.full_loss(w, source, batch_size)
@@ -1036,7 +1429,7 @@ def _run_chains(
         else:
             sgld_update_(w, grad, w_star, noise, epsilon=epsilon, nbeta=nbeta, gamma=gamma)
         if t + 1 - checked >= check_every or t == num_steps - 1:
-            _check_divergence(trace, checked, t + 1, diverged_at, w, w_star, init_loss, nbeta, runaway)
+            _check_divergence(trace, checked, t + 1, diverged_at, w, w_star, init_loss, nbeta, runaway, t0)
             if bar is not None:
                 bar.update(c * (t + 1 - checked))
             checked = t + 1
@@ -1069,9 +1462,9 @@ def _mala_acceptance(
 
 def _check_divergence(
     trace: Tensor, lo: int, hi: int, diverged_at: list[int | None], w: Tensor, w_star: Tensor,
-    init_loss: float, nbeta: float, runaway: float,
+    init_loss: float, nbeta: float, runaway: float, t0: int = 0,
 ) -> None:
-    """Mark chains whose trace in [lo, hi) is non-finite or ran away; reset them to w*."""
+    """Mark chains whose trace in [lo, hi) is non-finite or ran away; reset them to w*. Steps count from ``t0``."""
     seg = trace[:, lo:hi]
     bad = ~torch.isfinite(seg) | (nbeta * (seg - init_loss) > runaway)
     if not bool(bad.any()):
@@ -1079,12 +1472,12 @@ def _check_divergence(
     for chain in torch.nonzero(bad.any(dim=1)).flatten().tolist():
         if diverged_at[chain] is None:
             step = lo + int(torch.nonzero(bad[chain])[0])
-            diverged_at[chain] = step
+            diverged_at[chain] = t0 + step
             warnings.warn(
-                f"SGLD chain {chain} diverged at step {step} (loss {float(trace[chain, step]):.4g}, "
+                f"SGLD chain {chain} diverged at step {t0 + step} (loss {float(trace[chain, step]):.4g}, "
                 f"L_n(w*) = {init_loss:.4g}); it is excluded from lambdahat. Reduce epsilon.",
                 RuntimeWarning,
-                stacklevel=4,
+                stacklevel=5,
             )
         w[chain] = w_star
 
@@ -1093,7 +1486,7 @@ def _summarise(
     loss_trace: np.ndarray, acceptance: np.ndarray, diverged_at: list[int | None], *, init_loss: float, n: int,
     nbeta: float, epsilon: float, gamma: float, batch_size: int, num_burnin_steps: int,
     loss_trace_minibatch: bool, control_variate: bool, seed: int, wall: float, calibration: dict | None,
-    init_loss_method: str,
+    init_loss_method: str, full_batch: bool = False, stopping: dict | None = None,
 ) -> LLCResult:
     """Turn raw chain output into an :class:`LLCResult` with its diagnostics."""
     num_chains, num_steps = loss_trace.shape
@@ -1136,6 +1529,10 @@ def _summarise(
         seed=seed,
         wall_time=wall,
         epsilon_calibration=calibration,
+        full_batch=full_batch,
+        calibration_seconds=calibration["calibration_seconds"] if calibration else 0.0,
+        calibration_steps=calibration["calibration_steps"] if calibration else 0,
+        stopping=stopping,
     )
     if math.isfinite(result.rhat) and result.rhat > 1.1:
         warnings.warn(

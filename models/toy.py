@@ -22,6 +22,7 @@ from torch import Tensor, nn
 __all__ = [
     "MinimallySingular",
     "NormalCrossing",
+    "PolynomialRegression",
     "ReducedRankRegression",
     "half_squared_error",
     "rrr_data",
@@ -233,3 +234,40 @@ def rrr_data(model: ReducedRankRegression, n: int, noise_std: float = 1.0, seed:
     y = model(x) + noise_std * torch.randn(n, model.shape[2], generator=g)
     return x, y
 
+
+
+class PolynomialRegression(nn.Module):
+    r"""Normal crossing as a regression: :math:`f(x; w) = x \prod_i w_i^{k_i}`, evaluated at :math:`w^* = 0`.
+
+    With inputs :math:`x \sim \mathcal N(0, 1)` and targets that do not depend on x (pure noise),
+    :math:`K(w) = \tfrac12 \mathbb E[x^2] \prod_i w_i^{2k_i}`, a normal crossing: :math:`\lambda =
+    \min_i 1/(2k_i)` over :math:`k_i \ge 1` (Watanabe 2009, §2.4). With finitely many noisy
+    targets :math:`w^* = 0` is not the empirical minimiser, and at a singular point the Hessian
+    at :math:`w^*` vanishes or is indefinite: the hard inputs for step-size calibration. A power
+    :math:`k_i = 0` is a factor :math:`w_i^0 = 1` whose second derivative at 0 autograd gives as NaN.
+
+    Args:
+        powers: The exponents :math:`k_i \ge 0`.
+
+    Raises:
+        ValueError: If a power is not a non-negative integer, or none is positive.
+    """
+
+    loss_fn = staticmethod(half_squared_error)
+
+    def __init__(self, powers: tuple[int, ...] | list[int]) -> None:
+        super().__init__()
+        if not powers or any(int(k) != k or k < 0 for k in powers) or max(powers) < 1:
+            raise ValueError(f"powers must be non-negative integers, at least one positive, got {powers!r}")
+        self.powers = tuple(int(k) for k in powers)
+        self.register_buffer("exponents", torch.tensor(self.powers, dtype=torch.float32))
+        self.w = nn.Parameter(torch.zeros(len(self.powers)))
+
+    @property
+    def true_lambda(self) -> tuple[float, int]:
+        r"""(λ, multiplicity) of the normal crossing :math:`\prod_i w_i^{2k_i}`."""
+        k_max = max(self.powers)
+        return 1 / (2 * k_max), self.powers.count(k_max)
+
+    def forward(self, x: Tensor) -> Tensor:  # noqa: D102
+        return x * torch.prod(self.w**self.exponents)
