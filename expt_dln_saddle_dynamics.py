@@ -1,4 +1,4 @@
-"""λ̂ over saddle-to-saddle training of a deep linear network (Jacot et al. 2021), as a Sacred experiment.
+r"""λ̂ over saddle-to-saddle training of a deep linear network (Jacot et al. 2021), as a Sacred experiment.
 
 A DLN trained by SGD from a small initialisation learns its teacher one singular value at a time:
 the loss sits on a plateau near a saddle where the product W = W_N ⋯ W₁ has rank r, then drops as

@@ -15,6 +15,7 @@ import expt_dln_saddle_dynamics as sd
 import plots
 import results
 from experiment import SGLDConfig, TrainingConfig, parse
+from gen_commands_expt_dln_saddle_dynamics import Grid, make_commands
 from tests.notebook_runner import execute_notebook
 
 README_COMMAND = ("python expt_dln_saddle_dynamics.py -m HOST:27017:DB with expt_name=NAME width=500 seed=42 "
@@ -44,7 +45,7 @@ def test_lambdahat_steps_up_with_the_rank_and_follows_aoyagi(observed, tmp_path)
     ranks = [p["rank"] for p in plateaus]
     assert len(plateaus) >= 2 and ranks == sorted(set(ranks)), plateaus
     means = [p["lambdahat_mean"] for p in plateaus]
-    assert all(b > a for a, b in zip(means, means[1:])), f"λ̂ does not step up: {plateaus}"
+    assert all(b > a for a, b in zip(means, means[1:], strict=False)), f"λ̂ does not step up: {plateaus}"
     for p in plateaus:
         assert abs(p["rel_error"]) <= 0.15, f"rank {p['rank']}: λ̂ {p['lambdahat_mean']:.2f} vs λ {p['true_lambda']}"
     # What was stored reads back and draws: metrics, plateaus, the figure artifact.
@@ -111,3 +112,19 @@ def test_tiny_run_metrics(observed) -> None:
     assert metrics["llc/mean"]["steps"] == [0, 10, 20]
     assert metrics["true/lambda"]["values"] == [4.5] * 3  # Aoyagi at rank 0 for 5 → 3 → 3 → 5
     assert metrics["train/loss"]["values"][0] == pytest.approx(10**2 * (1 + 4 + 9 + 16 + 25) / 5, rel=0.2)
+
+
+def test_study_commands_parse_and_validate() -> None:
+    commands = make_commands(Grid(widths="3,4", num_seeds=2, epsilon="1e-6"))
+    assert len(commands) == 4
+    for command, (width, seed) in zip(commands, [(3, 0), (3, 1), (4, 0), (4, 1)], strict=True):
+        argv = shlex.split(command)
+        args = docopt(sd.ex.get_usage()[2], argv[2:], default_help=False)
+        assert argv[:2] == ["python", "expt_dln_saddle_dynamics.py"] and args["--file_storage"]
+        updates, named = get_config_updates(args["UPDATE"])
+        config = create_run(sd.ex, "run", updates, named_configs=named).config
+        assert (config["width"], config["seed"], config["sgld_config"]["epsilon"]) == (width, seed, 1e-6)
+        parse(SGLDConfig, "sgld_config", config["sgld_config"])
+    assert make_commands(Grid()) == make_commands(Grid())
+    with pytest.raises(ValueError, match="widths"):
+        Grid(widths="3,x")
