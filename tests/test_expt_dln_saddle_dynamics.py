@@ -26,7 +26,7 @@ README_COMMAND = ("python expt_dln_saddle_dynamics.py -m HOST:27017:DB with expt
 SCIENCE = {
     "training_config": {"num_steps": 4000},
     "logging_period": 300,
-    "sgld_config": {"num_steps": 1000, "num_burnin_steps": 500},
+    "sgld_config": {"num_steps": 800, "num_burnin_steps": 400},
 }
 
 
