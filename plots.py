@@ -51,6 +51,7 @@ import results
 
 __all__ = [
     "FIGURES",
+    "SADDLE_METRICS",
     "TRAINING_METRICS",
     "llc_vs_true",
     "llc_over_training",
@@ -67,6 +68,12 @@ __all__ = [
 
 TRAINING_METRICS: dict[str, str] = {"llc/mean": "lambdahat", "train/loss": "train_loss"}
 """Sacred metric name → column of the frame that ``training_curve`` builds."""
+
+SADDLE_METRICS: dict[str, str] = {
+    **TRAINING_METRICS, "llc/std": "lambdahat_std", "test/loss": "test_loss", "true/lambda": "true_lambda",
+    "rank/product": "rank",
+}
+"""The metrics of ``expt_dln_saddle_dynamics.py`` that ``saddle_to_saddle`` draws, as ``training_curve`` names."""
 
 # One look for every figure: applied while a figure is drawn, never globally.
 _STYLE = {
@@ -601,7 +608,7 @@ def _curve_frame(sources: Sequence[str], filters: dict, args: argparse.Namespace
     if len(ids) != 1:
         raise ValueError(f"{args.figure} draws one run; pass --run-id, one of {ids}" if ids else
                          "no metrics in these runs; pass --run-id of a run that logged them")
-    return training_curve(metrics)
+    return training_curve(metrics, SADDLE_METRICS if args.figure == "saddle_to_saddle" else None)
 
 
 def _temperature_frame(sources: Sequence[str], filters: dict, args: argparse.Namespace) -> pd.DataFrame:
