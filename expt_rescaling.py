@@ -5,7 +5,7 @@ after W₁, b₁ → αW₁, αb₁ and W₂ → W₂/α (relu(αz) = α relu(z)
 depend on α (Furman & Lau 2024, rescaling-invariance study). SGLD at a fixed ε does: in the new
 coordinates the posterior is stretched by α along the first layer and squeezed along the second.
 The preconditioner P = α² on (W₁, b₁), α⁻² on W₂ and 1 on b₂ undoes it exactly (with P = A² for
-w ↦ Aw the chain is the image of the chain at α = 1; see ``sgld.py``). This experiment measures
+w ↦ Aw the chain is the image of the chain at α = 1 driven by the same noise; see ``sgld.py``). This experiment measures
 λ̂ at one factor α and one ``preconditioner`` (``rescaling``, ``none`` or ``rmsprop``); a sweep
 over the 17 factors 10⁻⁴ … 10⁴ is ``gen_commands_expt_rescaling.py``.
 
@@ -70,7 +70,8 @@ def config():
         "batch_size": 500,  # m, SGLD minibatch size
         "num_burnin_steps": 0,  # leading steps left out of λ̂
     }
-    seed = 0  # root of all randomness: the same seed gives the same network, data and noise at every α
+    seed = 0  # root of all randomness: the same seed gives the same network and data at every α
+    sgld_seed = None  # seed of the chains; None: drawn from seed, so every α shares the chains' noise
     verbose = False  # progress bar off a terminal too
 
 
@@ -120,7 +121,7 @@ def rescaling_preconditioner(alpha: float) -> dict[str, float]:
 
 @ex.capture
 def check_setup(sgld: SGLDConfig, expt_name, input_dim, layer_widths, num_copies, num_training_data, input_bound,
-                itemp, scale, preconditioner) -> None:
+                itemp, scale, preconditioner, sgld_seed) -> None:
     """Validate the top-level config before any work.
 
     Raises:
@@ -141,6 +142,8 @@ def check_setup(sgld: SGLDConfig, expt_name, input_dim, layer_widths, num_copies
     require(is_number(scale) and scale > 0, f"scale (α) must be a number > 0, got {scale!r}")
     require(preconditioner in PRECONDITIONERS,
             f"unknown preconditioner {preconditioner!r}; choose from {list(PRECONDITIONERS)}")
+    require(sgld_seed is None or (is_int(sgld_seed) and sgld_seed >= 0),
+            f"sgld_seed must be None or an int >= 0, got {sgld_seed!r}")
     require(sgld.batch_size <= num_training_data,
             f"sgld_config.batch_size must be <= num_training_data={num_training_data}, got {sgld.batch_size}")
 
@@ -180,14 +183,17 @@ def estimate(model: MLP, data, sgld: SGLDConfig, seed: int, num_training_data, i
 
 
 @ex.main
-def run(_run, sgld_config, input_dim, layer_widths, num_copies, scale, preconditioner, seed) -> dict:
+def run(_run, sgld_config, input_dim, layer_widths, num_copies, scale, preconditioner, seed, sgld_seed) -> dict:
     """True network → data → rescale by α → λ̂ with the preconditioner → records."""
     sgld = parse(SGLDConfig, "sgld_config", sgld_config)
     check_setup(sgld)
     g_teacher, g_data, g_sgld = generators(seed, 3)
     teacher = random_mlp(input_dim, layer_widths[:1], layer_widths[1], g_teacher, num_copies=num_copies)
     data = make_data(teacher, g_data)
-    result = estimate(rescale(teacher, scale), data, sgld, int_seed(g_sgld))
+    # With shared noise (sgld_seed None) the rescaling-preconditioned chains are images of each other;
+    # a sgld_seed per α makes the factors' estimates independent.
+    chain_seed = int_seed(g_sgld) if sgld_seed is None else sgld_seed
+    result = estimate(rescale(teacher, scale), data, sgld, chain_seed)
     _run.info.update(result.to_dict())
     _run.info.update(scale=scale, preconditioner_name=preconditioner,
                      model_dim=sum(p.numel() for p in teacher.parameters()))

@@ -45,6 +45,7 @@ class Grid:
     num_steps: int = 10_000  # SGLD steps
     num_chains: int = 5  # SGLD chains per run
     batch_size: int = 500  # SGLD minibatch m
+    shared_noise: bool = False  # True: every α reuses the chains' noise; False: sgld_seed = 1000·seed + α's index
 
     def __post_init__(self) -> None:
         unknown = sorted(set(self.networks.split(",")) - set(NETWORKS))
@@ -79,7 +80,7 @@ def make_commands(grid: Grid) -> list[str]:
     for network in grid.networks.split(","):
         named = f"{NETWORKS[network]} " if NETWORKS[network] else ""
         for precond in grid.preconditioners.split(","):
-            for alpha in scales(grid):
+            for k, alpha in enumerate(scales(grid)):
                 for seed in range(grid.num_seeds):
                     updates = [
                         _with("expt_name", grid.name),
@@ -93,6 +94,8 @@ def make_commands(grid: Grid) -> list[str]:
                         _with("sgld_config.batch_size", grid.batch_size),
                         _with("seed", seed),
                     ]
+                    if not grid.shared_noise:  # independent chains per factor: the spread is Monte Carlo noise
+                        updates.append(_with("sgld_seed", 1000 * seed + k))
                     commands.append(f"python expt_rescaling.py {observer} with {named}" + " ".join(updates))
     return commands
 
@@ -110,7 +113,8 @@ def main(argv: list[str] | None = None) -> list[str]:
     parser.add_argument("out", nargs="?", help="file to write, one command per line (default: print)")
     for f in fields(Grid):
         default = f.default
-        parser.add_argument(f"--{f.name}", type=type(default) if default is not None else str, default=default,
+        kind = (lambda v: v.lower() in ("1", "true", "yes")) if isinstance(default, bool) else type(default)
+        parser.add_argument(f"--{f.name}", type=kind if default is not None else str, default=default,
                             help=f"default {default}")
     args = vars(parser.parse_args(argv))
     out = args.pop("out")

@@ -94,7 +94,7 @@ def test_default_sweep_is_the_reference_study():
     commands = make_commands(Grid())
     assert len(commands) == 3 * 3 * 17
     assert scales(Grid())[0] == 1e-4 and scales(Grid())[-1] == 1e4 and scales(Grid())[8] == 1.0
-    seen = set()
+    seen, chain_seeds = set(), {}
     for command in commands:
         argv = shlex.split(command)
         assert argv[:4] == ["python", "expt_rescaling.py", "-F", "outputs/rescaling/"]
@@ -104,7 +104,11 @@ def test_default_sweep_is_the_reference_study():
                                           "batch_size": 500}
         assert updates["num_training_data"] == 10_000
         seen.add((tuple(named), updates["preconditioner"], updates["scale"]))
+        chain_seeds.setdefault((tuple(named), updates["preconditioner"]), []).append(updates["sgld_seed"])
     assert len(seen) == len(commands)  # no two lines are the same run
+    # Independent chains per factor by default, so the spread over factors is Monte Carlo noise.
+    assert all(sorted(v) == list(range(17)) for v in chain_seeds.values())
+    assert "sgld_seed" not in make_commands(Grid(shared_noise=True))[0]
     with pytest.raises(ValueError, match="unknown network 'huge'"):
         Grid(networks="small,huge")
 
