@@ -1186,7 +1186,10 @@ def _flat_preconditioner(
     shapes = dict(zip(names, potential.shapes, strict=True))
     if spec is None:
         return None, names
-    if spec == "rmsprop":
+    if isinstance(spec, str):
+        if spec != "rmsprop":
+            raise ValueError(f"unknown preconditioner {spec!r}: the only named one is 'rmsprop'; or give P by "
+                             f"parameter name, e.g. {{{names[0]!r}: 2.0}}")
         return RMSPropPreconditioner(), names
     if isinstance(spec, RMSPropPreconditioner):
         return spec, names

@@ -168,6 +168,8 @@ def test_rmsprop_preconditioner_recovers_known_lambda():
     ({"bias": torch.ones(3)}, "tensor of shape \\(2,\\)"),
     ({"bias": torch.tensor([1.0, 0.0])}, "> 0 everywhere"),
     (3.0, "must be None, 'rmsprop'"),
+    ("adam", "unknown preconditioner 'adam'"),
+    (torch.ones(8), "must be None, 'rmsprop'"),
 ])
 def test_bad_preconditioner_is_explained(spec, message):
     model, x, y = _affine_problem()
