@@ -25,6 +25,17 @@ sampled with SGLD (Welling & Teh, 2011) on minibatch losses :math:`L_m`:
 .. math::  \Delta w = -\tfrac{\epsilon}{2}\bigl(n\beta\,\nabla L_m(w) + \gamma (w - w^*)\bigr)
            + \mathcal N(0, \epsilon I),
 
+or, with a diagonal preconditioner :math:`P` (``preconditioner``; Li et al. 2016, "Preconditioned
+stochastic gradient Langevin dynamics for deep neural networks", AAAI, without their
+:math:`\Gamma` correction term, which vanishes for a constant :math:`P`),
+
+.. math::  \Delta w = -\tfrac{\epsilon}{2}P\bigl(n\beta\,\nabla L_m(w) + \gamma (w - w^*)\bigr)
+           + \mathcal N(0, \epsilon P),
+
+which samples the same posterior for any constant :math:`P > 0`. A preconditioner that matches a
+reparametrisation :math:`w \mapsto Aw` (:math:`P = A^2`) makes the chain in the new coordinates the
+image of the chain in the old ones, so :math:`\hat\lambda` inherits the invariance of the LLC.
+
 and the LLC estimate is the WBIC-style expectation (Watanabe, 2013)
 
 .. math::  \hat\lambda(w^*) = n\beta\,\bigl(\mathbb E_{p}[L_n(w)] - L_n(w^*)\bigr).
@@ -62,6 +73,7 @@ from torch.func import vmap
 
 __all__ = [
     "LLCResult",
+    "RMSPropPreconditioner",
     "SGLD",
     "calibrate_epsilon",
     "default_nbeta",
@@ -75,6 +87,9 @@ __all__ = [
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
 Data = Any  # (x, y) tensors, a torch Dataset, or an object with __len__ and get_batch(idx)
+# None (P = I), "rmsprop", an RMSPropPreconditioner, {parameter name: float | Tensor} (missing names: 1),
+# or one float | Tensor per trainable parameter tensor, in model.parameters() order.
+Preconditioner = Any
 
 
 # --------------------------------------------------------------------------------------------
@@ -103,9 +118,10 @@ def default_nbeta(n: int) -> float:
 
 
 def sgld_update_(
-    w: Tensor, grad: Tensor, w_star: Tensor, noise: Tensor, *, epsilon: float, nbeta: float, gamma: float
+    w: Tensor, grad: Tensor, w_star: Tensor, noise: Tensor, *, epsilon: float, nbeta: float, gamma: float,
+    precond: Tensor | float | None = None,
 ) -> Tensor:
-    r"""Apply one SGLD step in place: :math:`w \leftarrow w - \frac{\epsilon}{2}(n\beta g + \gamma(w-w^*)) + \sqrt\epsilon\,\xi`.
+    r"""One SGLD step in place: :math:`w \leftarrow w - \frac\epsilon2 P(n\beta g + \gamma(w-w^*)) + \sqrt{\epsilon P}\xi`.
 
     Args:
         w: Parameters, updated in place.
@@ -115,31 +131,45 @@ def sgld_update_(
         epsilon: Step size :math:`\epsilon`.
         nbeta: Inverse temperature :math:`n\beta`.
         gamma: Localization strength :math:`\gamma`.
+        precond: Diagonal preconditioner :math:`P > 0`: a number, or a tensor broadcastable to
+            ``w``; None means :math:`P = I`.
 
     Returns:
         ``w``, updated.
     """
-    # (1 - εγ/2) w + (εγ/2) w* as one lerp, then - (ε nβ / 2) g + √ε ξ: three in-place passes over w.
-    w.lerp_(w_star, 0.5 * epsilon * gamma)
-    w.add_(grad, alpha=-0.5 * epsilon * nbeta)
-    return w.add_(noise, alpha=math.sqrt(epsilon))
+    if precond is None or isinstance(precond, (int, float)):
+        p = 1.0 if precond is None else float(precond)
+        # (1 - εPγ/2) w + (εPγ/2) w* as one lerp, then - (εP nβ / 2) g + √(εP) ξ: three in-place passes over w.
+        w.lerp_(w_star, 0.5 * epsilon * gamma * p)
+        w.add_(grad, alpha=-0.5 * epsilon * nbeta * p)
+        return w.add_(noise, alpha=math.sqrt(epsilon * p))
+    w.lerp_(w_star.expand_as(w), (0.5 * epsilon * gamma) * precond)
+    w.addcmul_(grad, precond, value=-0.5 * epsilon * nbeta)
+    return w.addcmul_(noise, precond.sqrt(), value=math.sqrt(epsilon))
 
 
 class SGLD(torch.optim.Optimizer):
     r"""SGLD on the localized tempered posterior, as a ``torch.optim.Optimizer``.
 
     For users who write their own loop. The parameters' values when the optimizer is built are
-    :math:`w^*`. Call ``loss.backward()`` on the *mean* minibatch loss, then ``step()``.
+    :math:`w^*`. Call ``loss.backward()`` on the *mean* minibatch loss, then ``step()``. A diagonal
+    preconditioner P is a parameter-group setting, e.g. for the rescaling of a two-layer network::
+
+        SGLD([{"params": layer1.parameters(), "preconditioner": alpha**2},
+              {"params": [layer2.weight], "preconditioner": alpha**-2},
+              {"params": [layer2.bias]}], epsilon=1e-5, nbeta=1e3)
 
     Args:
-        params: Parameters to sample.
+        params: Parameters to sample, or parameter groups (dicts); a group's ``preconditioner``
+            (a number > 0, or a tensor per parameter of its shape) overrides the default.
         epsilon: Step size :math:`\epsilon > 0`.
         nbeta: Inverse temperature :math:`n\beta > 0`.
         gamma: Localization :math:`\gamma \ge 0`.
         generator: Source of the Gaussian noise.
+        preconditioner: Default diagonal preconditioner :math:`P` of every group (1: none).
 
     Raises:
-        ValueError: For a non-positive ``epsilon`` or ``nbeta`` or a negative ``gamma``.
+        ValueError: For a non-positive ``epsilon``, ``nbeta`` or ``preconditioner``, or a negative ``gamma``.
     """
 
     def __init__(
@@ -150,15 +180,17 @@ class SGLD(torch.optim.Optimizer):
         nbeta: float,
         gamma: float = 1.0,
         generator: torch.Generator | None = None,
+        preconditioner: float = 1.0,
     ) -> None:
         _check_positive("epsilon", epsilon)
         _check_positive("nbeta", nbeta)
         _check_nonnegative("gamma", gamma)
-        super().__init__(params, dict(epsilon=epsilon, nbeta=nbeta, gamma=gamma))
+        super().__init__(params, dict(epsilon=epsilon, nbeta=nbeta, gamma=gamma, preconditioner=preconditioner))
         self.generator = generator
         for group in self.param_groups:
-            for p in group["params"]:
+            for i, p in enumerate(group["params"]):
                 self.state[p]["w_star"] = p.detach().clone()
+                self.state[p]["precond"] = _group_precond(group["preconditioner"], i, p)
 
     @torch.no_grad()
     def step(self, closure=None):  # noqa: D102 - documented by the class
@@ -171,8 +203,70 @@ class SGLD(torch.optim.Optimizer):
                 sgld_update_(
                     p, p.grad, self.state[p]["w_star"], noise,
                     epsilon=group["epsilon"], nbeta=group["nbeta"], gamma=group["gamma"],
+                    precond=self.state[p]["precond"],
                 )
         return loss
+
+
+def _group_precond(value, index: int, p: Tensor) -> float | Tensor:
+    """A group's ``preconditioner`` for its ``index``-th parameter, checked (a sequence: one per parameter)."""
+    if isinstance(value, (list, tuple)):
+        value = value[index]
+    return _check_precond(value, f"preconditioner of a {tuple(p.shape)} parameter", p)
+
+
+def _check_precond(value, what: str, p: Tensor) -> float | Tensor:
+    """``value`` as a float or a tensor shaped like ``p``, all finite and > 0, else a ValueError naming ``what``."""
+    if isinstance(value, Tensor):
+        if value.shape != p.shape and value.numel() != 1:
+            raise ValueError(f"{what} must be a number or a tensor of shape {tuple(p.shape)}, "
+                             f"got a tensor of shape {tuple(value.shape)}")
+        if not bool(torch.isfinite(value).all() and (value > 0).all()):
+            raise ValueError(f"{what} must be finite and > 0 everywhere, got min {float(value.min()):g}")
+        return value.detach().to(p.device, p.dtype) if value.numel() > 1 else float(value)
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.floating)) or not (
+        math.isfinite(value) and value > 0
+    ):
+        raise ValueError(f"{what} must be a finite number > 0 or a tensor, got {value!r}")
+    return float(value)
+
+
+@dataclass(frozen=True)
+class RMSPropPreconditioner:
+    r"""RMSProp-adaptive diagonal preconditioner (pSGLD; Li et al. 2016, AAAI, eq. 4), normalised to mean 1.
+
+    Per chain and coordinate, :math:`V \leftarrow \rho V + (1-\rho)\,g^2` with
+    :math:`g = n\beta\nabla L_m(w) + \gamma(w - w^*)` the step's drift (:math:`V_0 = 0`; pSGLD
+    uses the likelihood's gradient alone, but the localization is what moves the flat directions), and
+
+    .. math::  P_i \propto \frac{1}{\sqrt{V_i} + \delta\,\overline{\sqrt V}},\qquad
+               \tfrac1d\textstyle\sum_i P_i = 1,
+
+    :math:`\overline{\sqrt V}` the mean of :math:`\sqrt V` over the d coordinates. Unlike pSGLD's
+    :math:`1/(\delta + \sqrt V)`, this is scale-free: at :math:`w^*` of a realisable model the
+    gradient vanishes and the raw form would be :math:`1/\delta`, an exploding step. So ε keeps its
+    meaning (the average step), a coordinate whose gradient is zero gets at most
+    :math:`(1+\delta)/\delta` times the average, and :math:`P = I` until gradients differ. Under a
+    rescaling :math:`w \mapsto Aw`, P changes by about :math:`A` (gradients scale by :math:`A^{-1}`),
+    not the :math:`A^2` that would make the chain equivariant. An adaptive P makes the chain
+    only approximately stationary for the posterior; the Metropolis acceptance diagnostic uses
+    the step's P both ways.
+
+    Attributes:
+        decay: :math:`\rho \in [0, 1)`, the moving average's decay per step. Its memory
+            :math:`1/(1-\rho)` must be long against the chain's relaxation time: a P that follows
+            the current position biases λ̂ up (pSGLD drops the correction term that would fix it).
+            On a minimally singular model (λ = 1) ρ = 0.99 gave λ̂ = 1.36-1.77, ρ = 0.999 gave 1.01.
+        damping: :math:`\delta > 0`, relative to the mean RMS gradient.
+    """
+
+    decay: float = 0.999
+    damping: float = 0.1
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.decay, (int, float)) and 0 <= self.decay < 1):
+            raise ValueError(f"RMSPropPreconditioner.decay must be in [0, 1), got {self.decay!r}")
+        _check_positive("RMSPropPreconditioner.damping", self.damping)
 
 
 def llc_from_losses(loss_trace: np.ndarray, init_loss: float, nbeta: float, num_burnin_steps: int = 0) -> np.ndarray:
@@ -307,6 +401,9 @@ class LLCResult:
             steps are burn-in of these very chains, at the chosen ε).
         stopping: For ``num_steps="auto"``: the rule, every round's burn-in, R̂ and quarter
             spread, and why it stopped; else None.
+        preconditioner: The diagonal preconditioner P, None for P = I: ``kind`` ("fixed" or
+            "rmsprop"), and per parameter tensor (by name) its value (fixed; mean, min and max
+            for a tensor) or, for rmsprop, ``decay``, ``damping`` and the mean P at the last step.
     """
 
     lambdahat: float
@@ -338,6 +435,7 @@ class LLCResult:
     calibration_seconds: float = 0.0
     calibration_steps: int = 0
     stopping: dict | None = field(default=None)
+    preconditioner: dict | None = field(default=None)
 
     def to_dict(self) -> dict[str, Any]:
         """All scalars and settings as plain JSON-serialisable Python values (no loss trace).
@@ -1112,6 +1210,7 @@ def estimate_llc(
     progress: bool = False,
     device: torch.device | str | None = None,
     max_steps: int = 64_000,
+    preconditioner: Preconditioner = None,
 ) -> LLCResult:
     r"""Estimate the local learning coefficient :math:`\hat\lambda(w^*)` at the model's parameters.
 
@@ -1172,6 +1271,13 @@ def estimate_llc(
         progress: Show a ``tqdm`` progress bar.
         device: Where to sample; default the model's device.
         max_steps: Step budget per chain for ``num_steps="auto"``.
+        preconditioner: Diagonal preconditioner P of the update
+            :math:`\Delta w = -\frac\epsilon2 P(n\beta\nabla L_m + \gamma(w - w^*)) + \mathcal N(0, \epsilon P)`:
+            None (P = I); ``{name: value}`` with the names of ``model.named_parameters()`` (names
+            left out get 1); or a sequence with one value per trainable parameter tensor in
+            ``model.parameters()`` order. A value is a number > 0 (the whole tensor) or a tensor of
+            the parameter's shape. ``"rmsprop"`` or an :class:`RMSPropPreconditioner` adapts P
+            per chain from the gradients. Not combinable with ``epsilon="auto"``.
 
     Returns:
         An :class:`LLCResult`. A chain *diverges* at the first step whose loss is NaN or
@@ -1183,22 +1289,26 @@ def estimate_llc(
 
     Raises:
         ValueError: For an out-of-range argument (named in the message), empty data, a model
-            that does not accept the data, or a loss that is NaN/infinite at :math:`w^*` (the
-            message names the parameters involved).
+            that does not accept the data, a loss that is NaN/infinite at :math:`w^*` (the
+            message names the parameters involved), or a preconditioner that does not fit the model.
     """
     device = torch.device(device) if device is not None else next(model.parameters()).device
     source = _Data(data, device)
+    if preconditioner is not None and epsilon == "auto":
+        raise ValueError("epsilon='auto' calibrates the step for P = I; with a preconditioner pass a number epsilon")
     _validate(source.n, epsilon, gamma, num_steps, num_chains, batch_size, nbeta, num_burnin_steps,
               mala_every, chain_batch_size, max_steps)
     full = batch_size is None or batch_size == "full"
     m = source.n if full else batch_size
     potential = _Potential(model, loss_fn, device)
+    precond, precond_names = _flat_preconditioner(preconditioner, potential)
     nbeta = default_nbeta(source.n) if nbeta is None else float(nbeta)
     _probe(potential, source)
     init_loss, sigma_m = _checked_init_loss(potential, source, m, full)
     gens = _chain_generators(seed, num_chains, device)
     chains = _Chains(potential, source, gens, group=chain_batch_size or num_chains, batch_size=m, full=full,
-                     nbeta=nbeta, gamma=gamma, init_loss=init_loss, sigma_m=sigma_m, check_every=check_every)
+                     nbeta=nbeta, gamma=gamma, init_loss=init_loss, sigma_m=sigma_m, check_every=check_every,
+                     precond=precond)
     calibration = None
     if epsilon == "auto":
         calibration = _calibrate(
@@ -1224,6 +1334,7 @@ def estimate_llc(
         loss_trace_minibatch=loss_trace_minibatch, control_variate=control_variate, seed=seed, wall=wall,
         calibration=calibration, full_batch=full, stopping=stopping,
         init_loss_method=f"full data, n={source.n}, in batches of {min(m, 4096) if full else m}",
+        preconditioner=_precond_record(precond, chains.final_precond(), precond_names, potential.numels),
     )
 
 
@@ -1327,12 +1438,14 @@ class _Chains:
     """C chains that advance in stretches, keeping their states, generators and divergences between them.
 
     Chains run in groups of ``group`` (memory); a group's states are copied in and out of the (C, d)
-    state only when there are several groups, so one group costs no extra memory.
+    state only when there are several groups, so one group costs no extra memory. ``precond`` is the
+    diagonal preconditioner P: None (P = I), a (d,) tensor, or an :class:`RMSPropPreconditioner`, whose
+    running mean square V (C, d) is kept per chain across stretches, like the chains' states.
     """
 
     def __init__(self, potential: _Potential, source: _Data, gens: list[torch.Generator], *, group: int,
                  batch_size: int, full: bool, nbeta: float, gamma: float, init_loss: float, sigma_m: float,
-                 check_every: int) -> None:
+                 check_every: int, precond: Tensor | RMSPropPreconditioner | None = None) -> None:
         self.potential, self.source, self.gens, self.group = potential, source, gens, group
         self.batch_size, self.nbeta, self.gamma = batch_size, nbeta, gamma
         self.init_loss, self.sigma_m, self.check_every = init_loss, sigma_m, check_every
@@ -1342,10 +1455,14 @@ class _Chains:
         self.full_xy = source.batch(torch.arange(source.n, device=source.device)) if full else None
         self.steps = 0
         self.diverged_at: list[int | None] = [None] * c
+        self.precond = precond
+        self.rms_v = torch.zeros_like(self.w) if isinstance(precond, RMSPropPreconditioner) else None
 
     def restart(self) -> None:
-        """All chains back to w*, step count and divergences cleared."""
+        """All chains back to w*, step count, divergences and adaptive preconditioner state cleared."""
         self.w.copy_(self.potential.w_star.expand_as(self.w))
+        if self.rms_v is not None:
+            self.rms_v.zero_()
         self.steps = 0
         self.reset_divergence()
 
@@ -1368,11 +1485,14 @@ class _Chains:
             if self.group < c:
                 w = self.potential.start(len(gens))
                 w.copy_(self.w[lo : lo + len(gens)])
+            # The group's rows of V are a view: _RMSProp updates them in place.
+            precond = self.precond if self.rms_v is None else _RMSProp(self.precond, self.rms_v[lo : lo + len(gens)])
             t, a, dv = _run_chains(
                 self.potential, self.source, gens, w, epsilon=epsilon, gamma=self.gamma, nbeta=self.nbeta,
                 num_steps=num_steps, batch_size=self.batch_size, full_xy=self.full_xy,
                 loss_trace_minibatch=loss_trace_minibatch, control_variate=control_variate, mala_every=mala_every,
                 check_every=self.check_every, init_loss=self.init_loss, runaway=runaway, bar=bar, t0=self.steps,
+                precond=precond,
             )
             if self.group < c:
                 self.w[lo : lo + len(gens)].copy_(w)
@@ -1384,14 +1504,23 @@ class _Chains:
         self.steps += num_steps
         return np.concatenate(traces, axis=0), np.concatenate(accepts, axis=0)
 
+    def final_precond(self) -> list[Tensor]:
+        """The adaptive P (C, d) of the last step, as a one-element list; empty for a fixed P or none."""
+        if self.rms_v is None:
+            return []
+        return [_RMSProp(self.precond, self.rms_v).precond()]
+
 
 def _run_chains(
     potential: _Potential, source: _Data, gens: Sequence[torch.Generator], w: Tensor, *, epsilon: float,
     gamma: float, nbeta: float, num_steps: int, batch_size: int, full_xy: tuple[Tensor, Tensor] | None,
     loss_trace_minibatch: bool, control_variate: bool, mala_every: int, check_every: int, init_loss: float,
-    runaway: float, bar, t0: int = 0,
+    runaway: float, bar, t0: int = 0, precond: Tensor | _RMSProp | None = None,
 ) -> tuple[np.ndarray, np.ndarray, list[int | None]]:
-    """Advance one group of chains ``w`` (C, d) in place; return its trace, MALA acceptances, divergence steps."""
+    """Advance one group of chains ``w`` (C, d) in place; return its trace, MALA acceptances, divergence steps.
+
+    ``precond`` is P: a (d,) tensor, or the group's RMSProp state, updated in place every step.
+    """
     c, d, device = len(gens), potential.d, source.device
     w_star = potential.w_star
     w_star_c = w_star.expand(c, d)
@@ -1406,6 +1535,8 @@ def _run_chains(
     accept = torch.full((c, num_mala), float("nan"), device=device, dtype=torch.float64)
     diverged_at: list[int | None] = [None] * c
     checked = 0
+    adaptive = isinstance(precond, _RMSProp)
+    p = None if adaptive else precond
     for t in range(num_steps):
         if full_xy is None:
             for g, idx_i, _ in rows:
@@ -1420,14 +1551,16 @@ def _run_chains(
             trace[:, t] = loss
         for g, _, noise_i in rows:
             torch.randn(d, generator=g, device=device, out=noise_i)
+        if adaptive:
+            p = precond.update(nbeta * grad + gamma * (w - w_star))
         if mala_every and t % mala_every == 0:
             w_old = w.clone()
-            sgld_update_(w, grad, w_star, noise, epsilon=epsilon, nbeta=nbeta, gamma=gamma)
+            sgld_update_(w, grad, w_star, noise, epsilon=epsilon, nbeta=nbeta, gamma=gamma, precond=p)
             accept[:, t // mala_every] = _mala_acceptance(
-                potential, w_old, grad, loss, w, noise, x, y, w_star, epsilon, nbeta, gamma
+                potential, w_old, grad, loss, w, noise, x, y, w_star, epsilon, nbeta, gamma, p
             )
         else:
-            sgld_update_(w, grad, w_star, noise, epsilon=epsilon, nbeta=nbeta, gamma=gamma)
+            sgld_update_(w, grad, w_star, noise, epsilon=epsilon, nbeta=nbeta, gamma=gamma, precond=p)
         if t + 1 - checked >= check_every or t == num_steps - 1:
             _check_divergence(trace, checked, t + 1, diverged_at, w, w_star, init_loss, nbeta, runaway, t0)
             if bar is not None:
@@ -1436,14 +1569,91 @@ def _run_chains(
     return trace.cpu().numpy(), accept.cpu().numpy(), diverged_at
 
 
+class _RMSProp:
+    """The state of :class:`RMSPropPreconditioner` for C chains: V (C, d), owned by the caller, and P from it."""
+
+    def __init__(self, config: RMSPropPreconditioner, v: Tensor) -> None:
+        self.decay, self.damping = config.decay, config.damping
+        self.v = v
+
+    def update(self, grad: Tensor) -> Tensor:
+        """Fold in this step's drift gradients (C, d) in place; return P (C, d), mean 1 per chain."""
+        self.v.mul_(self.decay).addcmul_(grad, grad, value=1 - self.decay)
+        return self.precond()
+
+    def precond(self) -> Tensor:
+        """P (C, d) from the current V, mean 1 per chain."""
+        r = self.v.sqrt()
+        # In units of the mean RMS gradient (scale-free); where all gradients vanish, P = 1.
+        r = r / r.mean(dim=1, keepdim=True).clamp_min(torch.finfo(r.dtype).tiny)
+        u = 1.0 / (r + self.damping)
+        return u / u.mean(dim=1, keepdim=True)
+
+
+def _flat_preconditioner(
+    spec: Preconditioner, potential: _Potential
+) -> tuple[Tensor | RMSPropPreconditioner | None, list[str]]:
+    """The ``preconditioner`` argument as a (d,) tensor in the potential's layout (or the RMSProp config), and names."""
+    # The potential's blocks: the trainable tensors of model.named_parameters(), tied ones once.
+    names = list(potential.names)
+    shapes = dict(zip(names, potential.shapes, strict=True))
+    if spec is None:
+        return None, names
+    if isinstance(spec, str):
+        if spec != "rmsprop":
+            raise ValueError(f"unknown preconditioner {spec!r}: the only named one is 'rmsprop'; or give P by "
+                             f"parameter name, e.g. {{{names[0]!r}: 2.0}}")
+        return RMSPropPreconditioner(), names
+    if isinstance(spec, RMSPropPreconditioner):
+        return spec, names
+    if isinstance(spec, dict):
+        unknown = sorted(set(spec) - set(names))
+        if unknown:
+            raise ValueError(f"preconditioner names unknown parameter {unknown[0]!r}; the model's are {names}")
+        values = [spec.get(name, 1.0) for name in names]
+    elif isinstance(spec, (list, tuple)):
+        if len(spec) != len(names):
+            raise ValueError(f"preconditioner has {len(spec)} entries but the model has {len(names)} trainable "
+                             f"parameter tensors {names}; give one per tensor, or a dict by name")
+        values = list(spec)
+    else:
+        raise ValueError(f"preconditioner must be None, 'rmsprop', an RMSPropPreconditioner, a dict by parameter "
+                         f"name or a sequence per parameter tensor; got {type(spec).__name__}")
+    like = {name: torch.empty(shapes[name], device=potential.w_star.device) for name in names}
+    blocks = []
+    for name, value in zip(names, values, strict=True):
+        v = _check_precond(value, f"preconditioner[{name!r}]", like[name])
+        blocks.append(torch.full((like[name].numel(),), v) if isinstance(v, float) else v.reshape(-1).cpu())
+    return torch.cat(blocks).to(potential.w_star.device, potential.w_star.dtype), names
+
+
+def _precond_record(
+    precond: Tensor | RMSPropPreconditioner | None, final: list[Tensor | None], names: list[str], numels: list[int]
+) -> dict | None:
+    """What P was, per parameter tensor by name, for ``LLCResult.preconditioner``."""
+    if precond is None:
+        return None
+
+    def summary(block: Tensor) -> float | dict[str, float]:
+        lo, hi = float(block.min()), float(block.max())
+        return lo if lo == hi else {"mean": float(block.mean()), "min": lo, "max": hi}
+
+    if isinstance(precond, Tensor):
+        blocks = precond.cpu().split(numels)
+        return {"kind": "fixed", "per_tensor": {n: summary(b) for n, b in zip(names, blocks, strict=True)}}
+    last = torch.cat([p for p in final if p is not None]).mean(dim=0).cpu()
+    return {"kind": "rmsprop", "decay": precond.decay, "damping": precond.damping,
+            "final_mean_per_tensor": {n: float(b.mean()) for n, b in zip(names, last.split(numels), strict=True)}}
+
+
 def _mala_acceptance(
     potential: _Potential, w_old: Tensor, grad_old: Tensor, loss_old: Tensor, w_new: Tensor, noise: Tensor,
-    x: Tensor, y: Tensor, w_star: Tensor, epsilon: float, nbeta: float, gamma: float,
+    x: Tensor, y: Tensor, w_star: Tensor, epsilon: float, nbeta: float, gamma: float, precond: Tensor | None = None,
 ) -> Tensor:
     r"""Metropolis–Hastings acceptance probability of the SGLD proposal :math:`w \to w'`, per chain.
 
     With :math:`U = n\beta L_m + \frac\gamma2\lVert w - w^*\rVert^2` on the step's minibatch and the
-    Langevin proposal :math:`q(w'|w) = \mathcal N(w - \frac\epsilon2\nabla U(w), \epsilon I)`,
+    Langevin proposal :math:`q(w'|w) = \mathcal N(w - \frac\epsilon2 P\nabla U(w), \epsilon P)`,
     :math:`\alpha = \min\{1, e^{-U(w') + U(w)}\, q(w|w')/q(w'|w)\}`. Differences of squared norms are
     formed as products of differences, to stay accurate in float32 at large d.
     """
@@ -1454,8 +1664,14 @@ def _mala_acceptance(
         (w_new - w_old) * (w_new + w_old - 2 * w_star)
     ).sum(dim=1).double()
     # Reverse residual r = -√ε ξ + a with a = ε/2 (∇U(w) + ∇U(w')); forward residual is √ε ξ.
-    a = 0.5 * epsilon * (grad_u_old + grad_u_new)
-    log_q_ratio = -(a * (a - 2 * math.sqrt(epsilon) * noise)).sum(dim=1).double() / (2 * epsilon)
+    # With P: a = ε/2 P (∇U(w) + ∇U(w')), noise √(εP) ξ, and the norms are in the metric P⁻¹.
+    if precond is None:
+        a = 0.5 * epsilon * (grad_u_old + grad_u_new)
+        log_q_ratio = -(a * (a - 2 * math.sqrt(epsilon) * noise)).sum(dim=1).double() / (2 * epsilon)
+    else:
+        g_sum = grad_u_old + grad_u_new
+        a = 0.5 * epsilon * precond * g_sum
+        log_q_ratio = -(g_sum * (a - 2 * math.sqrt(epsilon) * precond.sqrt() * noise)).sum(dim=1).double() / 4
     log_alpha = -delta_u + log_q_ratio
     return torch.nan_to_num(log_alpha, nan=-math.inf).clamp(max=0).exp()
 
@@ -1487,6 +1703,7 @@ def _summarise(
     nbeta: float, epsilon: float, gamma: float, batch_size: int, num_burnin_steps: int,
     loss_trace_minibatch: bool, control_variate: bool, seed: int, wall: float, calibration: dict | None,
     init_loss_method: str, full_batch: bool = False, stopping: dict | None = None,
+    preconditioner: dict | None = None,
 ) -> LLCResult:
     """Turn raw chain output into an :class:`LLCResult` with its diagnostics."""
     num_chains, num_steps = loss_trace.shape
@@ -1533,6 +1750,7 @@ def _summarise(
         calibration_seconds=calibration["calibration_seconds"] if calibration else 0.0,
         calibration_steps=calibration["calibration_steps"] if calibration else 0,
         stopping=stopping,
+        preconditioner=preconditioner,
     )
     if math.isfinite(result.rhat) and result.rhat > 1.1:
         warnings.warn(

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn as nn
 
-__all__ = ["ACTIVATIONS", "MLP"]
+__all__ = ["ACTIVATIONS", "MLP", "random_mlp"]
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {
     "relu": nn.ReLU,
@@ -72,3 +72,51 @@ class MLP(nn.Module):
             Outputs of shape ``(batch, output_dim)``.
         """
         return self.net(x.flatten(1))
+
+
+def random_mlp(
+    input_dim: int,
+    hidden_widths: Sequence[int],
+    output_dim: int,
+    generator: torch.Generator,
+    num_copies: int = 0,
+) -> MLP:
+    """A ReLU MLP with biases, entries N(0, 1/fan_in), optionally with a built-in degeneracy.
+
+    With ``num_copies = k``, first-layer units 1, …, k are copies of unit 0 (same weights and bias):
+    the k + 1 units compute one feature, so only the sum of their outgoing weights matters and the
+    parameter is a more degenerate (singular) point than a generic one.
+
+    Args:
+        input_dim: Input dimension.
+        hidden_widths: Hidden widths (at least one layer when ``num_copies > 0``).
+        output_dim: Output dimension.
+        generator: Source of the entries.
+        num_copies: How many first-layer units copy unit 0, 0 ≤ k < first width.
+
+    Returns:
+        The network (a teacher: realisable targets are its outputs).
+
+    Raises:
+        ValueError: If ``num_copies`` does not fit the first hidden layer.
+
+    Example:
+        >>> net = random_mlp(3, [5], 2, torch.Generator().manual_seed(0), num_copies=2)
+        >>> bool((net.net[0].weight[0] == net.net[0].weight[2]).all())
+        True
+    """
+    model = MLP(input_dim, hidden_widths, output_dim)
+    width = hidden_widths[0] if len(hidden_widths) else 0
+    if isinstance(num_copies, bool) or not isinstance(num_copies, int) or not 0 <= num_copies < max(width, 1):
+        raise ValueError(f"num_copies must be an int in [0, {max(width - 1, 0)}] (first hidden width {width}), "
+                         f"got {num_copies!r}")
+    with torch.no_grad():
+        for layer in model.net:
+            if isinstance(layer, nn.Linear):
+                std = layer.in_features**-0.5
+                layer.weight.copy_(torch.randn(layer.weight.shape, generator=generator) * std)
+                layer.bias.copy_(torch.randn(layer.bias.shape, generator=generator) * std)
+        first = model.net[0]
+        first.weight[1 : num_copies + 1] = first.weight[0]
+        first.bias[1 : num_copies + 1] = first.bias[0]
+    return model
