@@ -45,9 +45,10 @@ import argparse
 import ast
 import itertools
 import json
-import sys
 from pathlib import Path
 from typing import Any
+
+from sweep import write_commands
 
 __all__ = ["PRESETS", "make_commands", "main"]
 
@@ -237,22 +238,12 @@ def main(argv: list[str] | None = None) -> list[str]:
         commands, skipped = make_commands(sweep)
     except (ValueError, OSError) as err:
         parser.error(str(err))
-    text = "".join(c + "\n" for c in commands)
     note = f"{len(commands)} commands" + (f"; skipped {len(skipped)} ({', '.join(sorted(set(skipped)))})"
                                           if skipped else "")
-    if not args.out:
-        sys.stdout.write(text)
-        print(note, file=sys.stderr)
-        return commands
-    path = Path(args.out)
-    if path.exists() and not args.force:
-        parser.error(f"{path} exists; pass --force to overwrite it")
-    # Write whole or not at all: a sweep file cut short would silently drop runs.
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
-    print(f"wrote {note} to {path}", file=sys.stderr)
+    try:
+        write_commands(commands, args.out, overwrite=args.force, note=note)
+    except FileExistsError as err:
+        parser.error(str(err))
     return commands
 
 

@@ -12,13 +12,12 @@ The same flags always give the same file.
 """
 
 import argparse
-import sys
 from dataclasses import dataclass, fields
-from pathlib import Path
 
 import numpy as np
 
 from gen_commands_expt_dln import _with
+from sweep import write_commands
 
 __all__ = ["NETWORKS", "Grid", "main", "make_commands"]
 
@@ -119,16 +118,7 @@ def main(argv: list[str] | None = None) -> list[str]:
     args = vars(parser.parse_args(argv))
     out = args.pop("out")
     commands = make_commands(Grid(**args))
-    text = "".join(c + "\n" for c in commands)
-    if out:
-        path = Path(out)  # written whole or not at all: a sweep file cut short would silently drop runs
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(text)
-        tmp.replace(path)
-        print(f"wrote {len(commands)} commands to {out}", file=sys.stderr)
-    else:
-        sys.stdout.write(text)
+    write_commands(commands, out)
     return commands
 
 

@@ -70,6 +70,7 @@ __all__ = [
     "run_local",
     "select_lines",
     "submit_slurm",
+    "write_commands",
 ]
 
 STATUSES = ("completed", "failed", "interrupted", "running", "not started")
@@ -239,6 +240,37 @@ def read_commands(path: str | Path) -> list[Command]:
             )
         first[c.key] = c.lineno
     return commands
+
+
+def write_commands(commands: list[str], out: str | Path | None, *, overwrite: bool = True, note: str = "") -> None:
+    """Write a sweep, one command per line, whole or not at all; print it when ``out`` is None.
+
+    A commands file cut short would silently drop runs, so the text goes to ``OUT.tmp`` first and is
+    renamed over ``out`` only once complete. Every ``gen_commands_*.py`` writes through this.
+
+    Args:
+        commands: The command lines.
+        out: File to write (its folder is created), or None for standard output.
+        overwrite: Replace an existing file; False raises instead.
+        note: What to report on standard error (default: the number of commands).
+
+    Raises:
+        FileExistsError: If ``out`` exists and ``overwrite`` is False.
+    """
+    text = "".join(c + "\n" for c in commands)
+    note = note or f"{len(commands)} commands"
+    if out is None:
+        sys.stdout.write(text)
+        print(note, file=sys.stderr)
+        return
+    path = Path(out)
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{path} exists; pass --force to overwrite it")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+    print(f"wrote {note} to {path}", file=sys.stderr)
 
 
 # ---- reading runs back from observers ------------------------------------------------------------
