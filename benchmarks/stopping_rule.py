@@ -31,7 +31,8 @@ def cases():
     for name, input_dim, widths, method, rank, seed in (
         ("DLN 4→4→8→8 low_rank r=1", 4, [4, 8, 8], "low_rank", 1, 0),
         ("DLN 4→4→7→7→7 low_rank r=2", 4, [4, 7, 7, 7], "low_rank", 2, 0),
-        # rand_rank seed 0: layer ranks 3, 2, 1, product rank 1 (seed 3 gave rank 0, already within 5% of λ at 5000 steps).
+        # rand_rank seed 0: layer ranks 3, 2, 1, product rank 1, under-mixed at 5000 steps (seed 3 gave
+        # rank 0, already within 5% of λ at 5000 steps).
         ("DLN 7→9→6→5 rand_rank", 7, [9, 6, 5], "rand_rank", None, 0),
     ):
         g = torch.Generator().manual_seed(seed)
