@@ -1142,7 +1142,8 @@ def estimate_llc(
             :math:`\hat\lambda` spread (max − min) ≤ 10% of :math:`|\hat\lambda|`. A round *passes*
             if such a b exists; it stops at the first round that passes, whose previous round (the
             trace's first half) passed too, and whose :math:`\hat\lambda` moved ≤ 5% from the
-            previous round's (so never before 2000 steps), else at ``max_steps`` (b = 50%). Asking
+            previous round's (so never before 2000 steps), else at ``max_steps`` (b as picked there, 50% if
+            that round did not pass). Asking
             for two rounds in a row means a flat stretch must last as long again as the whole trace
             before it: deep DLNs can sit on a plateau for thousands of steps and then climb again
             (4→4→7→7→7 at rank 2, with ε = "auto": λ̂ flat at 9.1 for 4000 steps, then 11), which
