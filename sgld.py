@@ -1238,10 +1238,16 @@ def estimate_llc(
             steps, then doubling the total up to ``max_steps``) until the trace has settled. After
             each round the burn-in b is the smallest of 10%, 20%, …, 50% of the trace (at least
             ``num_burnin_steps``) after which split-:math:`\hat R` ≤ 1.05 and the four quarters'
-            :math:`\hat\lambda` spread (max − min) ≤ 10% of :math:`|\hat\lambda|`; it stops at the
-            first round where such a b exists and :math:`\hat\lambda` moved ≤ 5% from the previous
-            round's (so never before 2000 steps), else at ``max_steps`` (b = 50%). ``stopping`` in
-            the result records the rule, every round and why it stopped.
+            :math:`\hat\lambda` spread (max − min) ≤ 10% of :math:`|\hat\lambda|`. A round *passes*
+            if such a b exists; it stops at the first round that passes, whose previous round (the
+            trace's first half) passed too, and whose :math:`\hat\lambda` moved ≤ 5% from the
+            previous round's (so never before 2000 steps), else at ``max_steps`` (b as picked there, 50% if
+            that round did not pass). Asking
+            for two rounds in a row means a flat stretch must last as long again as the whole trace
+            before it: deep DLNs can sit on a plateau for thousands of steps and then climb again
+            (4→4→7→7→7 at rank 2, with ε = "auto": λ̂ flat at 9.1 for 4000 steps, then 11), which
+            no test inside one round can see. ``stopping`` in the result records the rule, every
+            round (``passes_within_round``, ``change_from_previous_round``) and why it stopped.
         num_chains: Independent chains, all started at :math:`w^*`.
         batch_size: Minibatch size m, 1 ≤ m ≤ n. Minibatches are drawn with replacement,
             independently per chain and step (no per-epoch O(n) shuffles). ``None`` or ``"full"``:
@@ -1382,13 +1388,19 @@ def _run_until_settled(
         trace = np.concatenate(traces, axis=1)
         alive = np.array([s is None for s in chains.diverged_at])
         verdict = _settle(trace[alive], chains.init_loss, chains.nbeta, min_burnin) if alive.any() else {}
-        # A slow climb can look flat within one round: λ̂ must also agree with the previous round's.
-        previous = rounds[-1].get("lambdahat") if rounds else None
+        # A slow climb can look flat within one round, and a DLN can sit on a plateau for thousands of
+        # steps before it climbs again (4→4→7→7→7 at rank 2: flat at λ̂ ≈ 9.1 for 4000 steps, then up to
+        # 11). So the round's verdict must be confirmed by the next round, which adds as many new steps as
+        # the whole trace had, and λ̂ must agree with the previous round's.
+        previous = rounds[-1] if rounds else {}
         if verdict:
             lam = verdict["lambdahat"]
-            change = abs(lam - previous) / abs(lam) if previous is not None and lam != 0 else math.inf
+            prev_lam = previous.get("lambdahat")
+            change = abs(lam - prev_lam) / abs(lam) if prev_lam is not None and lam != 0 else math.inf
             verdict["change_from_previous_round"] = change
-            verdict["settled"] = verdict["settled"] and change <= _STOP_ROUND_CHANGE
+            verdict["passes_within_round"] = passes = verdict.pop("settled")
+            verdict["settled"] = bool(passes and previous.get("passes_within_round", False)
+                                      and change <= _STOP_ROUND_CHANGE)
         rounds.append(verdict or dict(steps=total, settled=False))
         if not alive.any():
             reason = "every chain diverged"
@@ -1404,8 +1416,9 @@ def _run_until_settled(
     stopping = dict(
         rule=f"rounds of {_FIRST_ROUND_STEPS} steps, doubling the total, until split-R-hat <= {_STOP_RHAT} and "
         f"(max - min) of the quarters' lambdahat <= {_STOP_QUARTER_SPREAD} |lambdahat| after a burn-in of "
-        f"{', '.join(f'{f:.0%}' for f in _BURNIN_FRACTIONS)} of the trace (the first that passes), and lambdahat "
-        f"within {_STOP_ROUND_CHANGE} of the previous round's",
+        f"{', '.join(f'{f:.0%}' for f in _BURNIN_FRACTIONS)} of the trace (the first that passes), in this round "
+        f"and in the previous one (the trace's first half), and lambdahat within {_STOP_ROUND_CHANGE} of the "
+        f"previous round's",
         max_steps=max_steps,
         rounds=rounds,
         reason=reason,
