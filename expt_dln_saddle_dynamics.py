@@ -74,7 +74,8 @@ from experiment import (
 from models.dln import DLN, true_lambda
 from sgld import LLCResult, estimate_llc
 
-__all__ = ["ex", "logging_steps", "mse_loss", "plateau_summary", "teacher_matrix"]
+__all__ = ["CurvatureScaledDLN", "align_hidden_bases", "curvature_scaled", "ex", "logging_steps", "mse_loss",
+           "plateau_summary", "teacher_matrix"]
 
 ex = Experiment("dln_saddle_dynamics")
 
@@ -110,6 +111,9 @@ def config():
     log_spaced = False  # True: num_logging_points log-spaced steps in [1, num_steps] instead
     num_logging_points = 30  # with log_spaced: steps geomspace(1, num_steps), rounded, duplicates dropped
     rank_threshold = 1.0  # a singular value of W counts toward its rank above this (teacher's smallest: 10)
+    precondition = True  # SGLD in SVD-aligned, curvature-scaled coordinates (see curvature_scaled); False: raw weights
+    max_curvature = 300.0  # h₀: with precondition, coordinates stiffer than this (diagonal of ∇²nβL) are scaled to h₀
+    max_epsilon = 3e-4  # with epsilon "auto": rerun at this ε when the calibration picks a larger one (see estimate)
     seed = 42  # root of all randomness (data, init, training, chains)
     device = "auto"  # "auto" (cuda when available), "cpu", "cuda" or "cuda:<index>"
     verbose = False  # print each logging step and show progress bars off a terminal too
@@ -222,13 +226,101 @@ def plateau_summary(curve: pd.DataFrame, min_points: int = 3) -> list[dict]:
     return out
 
 
+def align_hidden_bases(matrices: list[torch.Tensor]) -> list[torch.Tensor]:
+    """The same product in hidden bases aligned with each layer's singular vectors (float64 copies).
+
+    For every hidden layer k, W_k → U_kᵀ W_k and W_{k+1} → W_{k+1} U_k with W_k = U_k S_k V_kᵀ: an
+    orthogonal change of hidden basis, which changes neither the function, nor the loss landscape
+    up to that rotation, nor λ. After it, the learned directions of a (near-balanced) DLN sit on
+    coordinates, so a per-entry step-size scaling can tell stiff entries from flat ones.
+
+    Example:
+        >>> ws = [torch.randn(3, 5), torch.randn(3, 3), torch.randn(5, 3)]
+        >>> aligned = align_hidden_bases(ws)
+        >>> torch.allclose(aligned[2] @ aligned[1] @ aligned[0], (ws[2] @ ws[1] @ ws[0]).double(), atol=1e-9)
+        True
+    """
+    mats = [w.detach().double().cpu().clone() for w in matrices]
+    for k in range(len(mats) - 1):
+        u = torch.linalg.svd(mats[k], full_matrices=True)[0]
+        mats[k], mats[k + 1] = u.T @ mats[k], mats[k + 1] @ u
+    return mats
+
+
+class CurvatureScaledDLN(torch.nn.Module):
+    r"""A DLN in scaled coordinates θ: W_k = S_k ⊙ θ_k (entry-wise), x ↦ W_N ⋯ W₁ x.
+
+    SGLD on θ with step ε is SGLD on the weights with the per-entry step size ε·S² (a diagonal
+    preconditioner, Li et al. 2016), and the localising term γ‖θ − θ*‖²/2 becomes a Gaussian of
+    standard deviation S/√γ around w*. A linear change of coordinates leaves λ unchanged (λ is a
+    birational invariant; Watanabe 2009, §2.4), so λ̂ on this module estimates the DLN's λ.
+
+    Args:
+        matrices: [W₁, …, W_N], W_k of shape ``(H_{k+1}, H_k)``.
+        scales: S_k, same shapes, entries in (0, 1].
+    """
+
+    def __init__(self, matrices: list[torch.Tensor], scales: list[torch.Tensor]) -> None:
+        super().__init__()
+        self.theta = torch.nn.ParameterList(torch.nn.Parameter((w / s).float()) for w, s in zip(matrices, scales,
+                                                                                                   strict=True))
+        for k, s in enumerate(scales):
+            self.register_buffer(f"scale{k}", s.float())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """f(x) = W_N ⋯ W₁ x for a batch of rows x."""
+        for k, theta in enumerate(self.theta):
+            x = x @ (getattr(self, f"scale{k}") * theta).T
+        return x
+
+
+def curvature_scaled(model: DLN, x: torch.Tensor, nbeta: float, max_curvature: float) -> CurvatureScaledDLN:
+    r"""The model in SVD-aligned, curvature-scaled coordinates, so SGLD mixes on every plateau.
+
+    Why: on a plateau of rank r ≥ 1 the learned directions are stiff (for the default teacher the
+    diagonal of ∇²(nβL) reaches ~10⁵ on their entries) while the unlearned ones form a flat,
+    singular valley of width ~(nβ)^{-1/6} in weight units. Plain SGLD needs ε ≲ 1/10⁵ for the stiff
+    directions and then moves ~√(ε·steps) ≪ the valley's width along the flat ones, so the
+    valley's share of λ (2 of Aoyagi's 6.5 at rank 1 for 5 → 3 → 3 → 5) goes unseen: λ̂ ≈ 4.6.
+
+    How: after ``align_hidden_bases``, the diagonal of the Hessian of nβL (L = mean over samples and
+    D outputs of the squared error) at entry (i, j) of W_k is
+    h_ij = nβ (2/D) (AᵀA)_ii (B Σ Bᵀ)_jj with A = W_N ⋯ W_{k+1}, B = W_{k−1} ⋯ W₁ and Σ = xᵀx/n; each
+    entry is scaled by S_ij = min(1, √(h₀/h_ij)), so no coordinate is much stiffer than h₀ and the
+    flat ones (h_ij ≤ h₀) keep their scale (and their localisation γ).
+
+    Args:
+        model: The DLN at w*.
+        x: The n training inputs (for Σ).
+        nbeta: nβ.
+        max_curvature: h₀ > 0.
+
+    Returns:
+        A ``CurvatureScaledDLN`` computing the same function as ``model``, on the inputs' device.
+    """
+    mats = align_hidden_bases(model.matrices())
+    sigma = (x.T.double() @ x.double()).cpu() / len(x)
+    out_dim = mats[-1].shape[0]
+    scales = []
+    for k in range(len(mats)):
+        a = torch.eye(mats[k].shape[0], dtype=torch.float64)
+        for w in mats[k + 1:]:
+            a = w @ a
+        b = torch.eye(mats[0].shape[1], dtype=torch.float64)
+        for w in mats[:k]:
+            b = w @ b
+        h = nbeta * 2 / out_dim * torch.outer((a.T @ a).diagonal(), (b @ sigma @ b.T).diagonal())
+        scales.append(torch.sqrt(max_curvature / h.clamp_min(1e-300)).clamp(max=1.0))
+    return CurvatureScaledDLN(mats, scales).to(x.device)
+
+
 # --------------------------------------------------------------------------- captured helpers
 
 
 @ex.capture
 def check_setup(sgld: SGLDConfig, training: TrainingConfig, expt_name, in_out_dim, width, num_hidden_layers,
                 initialisation_exponent, num_training_data, num_test_data, itemp, logging_period, log_spaced,
-                num_logging_points, rank_threshold) -> None:
+                num_logging_points, rank_threshold, precondition, max_curvature, max_epsilon) -> None:
     """Validate the top-level config before any work, so a bad value fails in seconds.
 
     Raises:
@@ -245,6 +337,9 @@ def check_setup(sgld: SGLDConfig, training: TrainingConfig, expt_name, in_out_di
     require(is_number(itemp) and itemp > 0, f"itemp (β) must be a number > 0, got {itemp!r}")
     require(isinstance(log_spaced, bool), f"log_spaced must be True or False, got {log_spaced!r}")
     require(is_number(rank_threshold) and rank_threshold > 0, f"rank_threshold must be > 0, got {rank_threshold!r}")
+    require(isinstance(precondition, bool), f"precondition must be True or False, got {precondition!r}")
+    require(is_number(max_curvature) and max_curvature > 0, f"max_curvature must be > 0, got {max_curvature!r}")
+    require(is_number(max_epsilon) and max_epsilon > 0, f"max_epsilon must be > 0, got {max_epsilon!r}")
     for name, m in (("sgld_config", sgld.batch_size), ("training_config", training.batch_size)):
         require(m <= num_training_data, f"{name}.batch_size must be <= num_training_data={num_training_data}, got {m}")
 
@@ -290,16 +385,28 @@ def describe(model: DLN, x_train: torch.Tensor, y_train: torch.Tensor, x_test: t
 
 @ex.capture
 def estimate(model: DLN, x_train: torch.Tensor, sgld: SGLDConfig, seed: int, num_training_data, itemp,
-             loss_trace_minibatch) -> LLCResult:
+             loss_trace_minibatch, precondition, max_curvature, max_epsilon) -> LLCResult:
     """λ̂ at the current parameters against the network's own outputs (realisable), nβ = n · itemp.
+
+    With ``precondition``, SGLD runs on ``curvature_scaled(model)`` (same function, same λ). With
+    ``epsilon="auto"``, a calibrated ε above ``max_epsilon`` is replaced by it (the chains are rerun):
+    near the rank-0 saddle the loss is of degree 2N in the weights, so its Hessian at w* is ~0 and
+    ``sgld.calibrate_epsilon`` takes a large step (~2e-3 here), yet the sampled region is curved;
+    there λ̂ grows with ε (6.4 at the calibrated ε, 4.5-4.7 at 3e-4, for Aoyagi's 4.5).
 
     Returns:
         The estimator's ``LLCResult``.
     """
+    nbeta = num_training_data * itemp
+    if precondition:
+        model = curvature_scaled(model, x_train, nbeta, max_curvature)
     with torch.no_grad():
         y_own = model(x_train)
-    return estimate_llc(model, mse_loss, (x_train, y_own), **sgld_kwargs(sgld), nbeta=num_training_data * itemp,
-                        seed=seed, loss_trace_minibatch=loss_trace_minibatch)
+    kwargs = dict(sgld_kwargs(sgld), nbeta=nbeta, seed=seed, loss_trace_minibatch=loss_trace_minibatch)
+    result = estimate_llc(model, mse_loss, (x_train, y_own), **kwargs)
+    if sgld.epsilon == "auto" and result.epsilon > max_epsilon:
+        result = estimate_llc(model, mse_loss, (x_train, y_own), **{**kwargs, "epsilon": max_epsilon})
+    return result
 
 
 @ex.capture
