@@ -21,14 +21,15 @@ and the reference README's command (MongoDB observer; its network needs a GPU)::
     python expt_dln_saddle_dynamics.py -m HOST:27017:DB with expt_name=NAME width=500 seed=42 \\
         training_config.num_steps=50000 logging_period=100
 
-Logged as Sacred metrics at each logging step t (``logging_period`` apart, or
-``num_logging_points`` log-spaced steps with ``log_spaced=True``): ``llc/*`` (λ̂, its spread over
-chains and its diagnostics, see ``experiment.record_llc``), ``train/loss`` (L_n(w_t) against the
-teacher), ``test/loss``, ``rank/product`` (singular values above ``rank_threshold``),
+Logged as Sacred metrics at each logging step t (``logging_period`` apart, ``num_logging_points``
+log-spaced steps with ``log_spaced=True``, or the list ``log_at_steps``): ``llc/*`` (λ̂, its spread
+over chains and its diagnostics, see ``experiment.record_llc``), ``train/loss`` (L_n(w_t) against
+the teacher), ``test/loss``, ``rank/product`` (singular values above ``rank_threshold``),
 ``true/lambda`` and ``true/multiplicity`` (Aoyagi at that rank), ``product/sv<i>`` (the singular
 values of W), ``layer<k>/rank`` (threshold ``rank_threshold^(1/N)``, a balanced layer's share) and
 ``layer<k>/nuclear_norm``. The run's info holds ``plateaus`` (``plateau_summary``: per stretch of
-constant rank, λ and the mean λ̂) and ``rank_threshold``; ``do_plot`` stores
+constant rank, λ and the mean λ̂ over the points where the rank is settled, every singular value a
+factor ``plateau_margin`` away from ``rank_threshold``) and ``rank_threshold``; ``do_plot`` stores
 ``saddle_to_saddle.png`` (``plots.saddle_to_saddle``).
 
 Aoyagi's λ depends on the widths: once every hidden width is at least about 2D it is D²/2 at every
@@ -110,7 +111,9 @@ def config():
     logging_period = 200  # estimate λ̂ every this many SGD steps (step 0 included)
     log_spaced = False  # True: num_logging_points log-spaced steps in [1, num_steps] instead
     num_logging_points = 30  # with log_spaced: steps geomspace(1, num_steps), rounded, duplicates dropped
+    log_at_steps = None  # a list of SGD steps in [0, num_steps]: estimate λ̂ there instead (the last step too)
     rank_threshold = 1.0  # a singular value of W counts toward its rank above this (teacher's smallest: 10)
+    plateau_margin = 10.0  # plateau means use points whose singular values are this factor from rank_threshold
     precondition = True  # SGLD in SVD-aligned, curvature-scaled coordinates (see curvature_scaled); False: raw weights
     max_curvature = 300.0  # h₀: with precondition, coordinates stiffer than this (diagonal of ∇²nβL) are scaled to h₀
     max_epsilon = 3e-4  # with epsilon "auto": rerun at this ε when the calibration picks a larger one (see estimate)
@@ -130,15 +133,15 @@ def reference():
                    "num_burnin_steps": 0}  # the reference's short chains
     training_config = {"learning_rate": 1e-4, "num_steps": 20_000}  # the reference's SGD
     logging_period = 50  # λ̂ every 50 SGD steps
+    log_at_steps = None  # as logging_period says
 
 
 @ex.named_config
 def study():
-    """The README's figure: the default network over all its plateaus, λ̂ at 40 log-spaced steps."""
+    """The README's figure: the default network over its rank-0 to rank-3 plateaus, λ̂ at 70 steps."""
     expt_name = "saddle_study"  # stored in outputs/saddle_study/
-    training_config = {"num_steps": 6000}  # SGD steps: ranks 0 to 3, then the final minimum
-    log_spaced = True  # the dynamics are fast early
-    num_logging_points = 40  # λ̂ at 40 log-spaced steps
+    training_config = {"num_steps": 6000}  # SGD steps: ranks 0 to 3
+    log_at_steps = list(range(0, 100, 10)) + list(range(100, 6001, 100))  # the rank-0 plateau ends near step 100
     do_plot = True  # store saddle_to_saddle.png
 
 
@@ -186,36 +189,62 @@ def logging_steps(num_steps: int, logging_period: int, log_spaced: bool = False,
     return sorted({int(s) for s in steps} | {num_steps})
 
 
-def plateau_summary(curve: pd.DataFrame, min_points: int = 3) -> list[dict]:
-    """Per stretch of constant rank: Aoyagi's λ, the mean λ̂ and its relative error.
+def plateau_summary(curve: pd.DataFrame, min_points: int = 3, rank_threshold: float | None = None,
+                    margin: float = 10.0) -> list[dict]:
+    """Per stretch of constant rank: Aoyagi's λ, the mean λ̂ over its settled points, the relative error.
 
-    A plateau is a maximal run of consecutive logging steps with the same ``rank``. Its first and
-    last points are dropped when they border another rank (the network is then between saddles,
-    and the point was logged mid-transition); what remains must hold ``min_points`` λ̂ values for
-    the plateau to count as long enough to sample.
+    A plateau is a maximal run of consecutive logging steps with the same ``rank`` r. Only its
+    *settled* points count, those where the rank is unambiguous: the r-th singular value of the
+    product (the last one learned, when r ≥ 1) is at least ``margin``·threshold and the (r+1)-th
+    (the next one) at most threshold/``margin``. A point outside that band is mid-transition: a
+    singular value the rank still counts as zero, e.g. 0.5 against the threshold 1.0, is already
+    large against the posterior's spread in the product (~√(D/nβ) ≈ 0.07 for the default), so SGLD
+    sees a rank between r and r+1 and λ̂ lies between their λ (for the default network λ̂ is
+    already +20% above Aoyagi's λ once the next singular value passes ~0.15). Without the singular-value columns
+    (``sv_last``, ``sv_next``) or ``rank_threshold``, the first and last point of a plateau that
+    borders another rank are dropped instead. A plateau counts as long enough to sample when
+    ``min_points`` λ̂ values remain.
 
     Args:
         curve: One row per logging step, sorted or not, with columns ``step``, ``rank``,
-            ``true_lambda`` and ``lambdahat``.
-        min_points: Fewest interior points for a plateau to be reported.
+            ``true_lambda`` and ``lambdahat``; optional ``sv_last`` (the rank-th singular value, NaN at
+            rank 0) and ``sv_next`` (the next one, NaN at full rank).
+        min_points: Fewest settled points for a plateau to be reported.
+        rank_threshold: The threshold that defined ``rank``; None: trim plateau borders instead.
+        margin: The factor > 1 a settled point's singular values keep from the threshold.
 
     Returns:
         In step order, ``{"rank", "true_lambda", "first_step", "last_step", "num_points",
         "lambdahat_mean", "lambdahat_sem", "rel_error"}`` for each plateau long enough.
+
+    Raises:
+        ValueError: If ``margin`` is not above 1.
 
     Example:
         >>> c = pd.DataFrame({"step": range(8), "rank": [0] * 4 + [1] * 4,
         ...                   "true_lambda": [1.0] * 4 + [2.0] * 4, "lambdahat": [1.0, 1.1, 0.9, 1.5, 3, 2, 2, 2]})
         >>> [(p["rank"], p["num_points"], p["lambdahat_mean"]) for p in plateau_summary(c, min_points=2)]
         [(0, 3, 1.0), (1, 3, 2.0)]
+        >>> c["sv_last"] = [np.nan] * 4 + [2.0, 50, 90, 90]
+        >>> c["sv_next"] = [0.01, 0.01, 0.02, 0.5, 0.01, 0.01, 0.01, 0.01]
+        >>> [(p["rank"], p["num_points"], p["lambdahat_mean"]) for p in plateau_summary(c, 2, rank_threshold=1.0)]
+        [(0, 3, 1.0), (1, 3, 2.0)]
     """
+    if not margin > 1:
+        raise ValueError(f"margin must be > 1 (a factor away from the threshold), got {margin!r}")
     curve = curve.dropna(subset=["lambdahat"]).sort_values("step").reset_index(drop=True)
+    by_sv = rank_threshold is not None and {"sv_last", "sv_next"} <= set(curve)
+    if by_sv:  # NaN (no such singular value) passes: a rank-0 point has no learned one, a full-rank one no next
+        settled = ~(curve["sv_last"] < margin * rank_threshold) & ~(curve["sv_next"] > rank_threshold / margin)
     run_id = (curve["rank"] != curve["rank"].shift()).cumsum()
     out = []
     for _, run in curve.groupby(run_id, sort=True):
-        lo = 1 if run.index[0] > 0 else 0
-        hi = len(run) - 1 if run.index[-1] < len(curve) - 1 else len(run)
-        inner = run.iloc[lo:hi]
+        if by_sv:
+            inner = run[settled[run.index]]
+        else:
+            lo = 1 if run.index[0] > 0 else 0
+            hi = len(run) - 1 if run.index[-1] < len(curve) - 1 else len(run)
+            inner = run.iloc[lo:hi]
         if len(inner) < min_points:
             continue
         lam, mean = float(inner["true_lambda"].iloc[0]), float(inner["lambdahat"].mean())
@@ -320,7 +349,8 @@ def curvature_scaled(model: DLN, x: torch.Tensor, nbeta: float, max_curvature: f
 @ex.capture
 def check_setup(sgld: SGLDConfig, training: TrainingConfig, expt_name, in_out_dim, width, num_hidden_layers,
                 initialisation_exponent, num_training_data, num_test_data, itemp, logging_period, log_spaced,
-                num_logging_points, rank_threshold, precondition, max_curvature, max_epsilon) -> None:
+                num_logging_points, log_at_steps, rank_threshold, plateau_margin, precondition, max_curvature,
+                max_epsilon) -> None:
     """Validate the top-level config before any work, so a bad value fails in seconds.
 
     Raises:
@@ -336,7 +366,13 @@ def check_setup(sgld: SGLDConfig, training: TrainingConfig, expt_name, in_out_di
             f"initialisation_exponent must be a number, got {initialisation_exponent!r}")
     require(is_number(itemp) and itemp > 0, f"itemp (β) must be a number > 0, got {itemp!r}")
     require(isinstance(log_spaced, bool), f"log_spaced must be True or False, got {log_spaced!r}")
+    require(log_at_steps is None or (isinstance(log_at_steps, (list, tuple)) and len(log_at_steps) > 0 and all(
+        is_int(t) and 0 <= t <= training.num_steps for t in log_at_steps)),
+        f"log_at_steps must be None or a non-empty list of ints in [0, training_config.num_steps="
+        f"{training.num_steps}], got {log_at_steps!r}")
     require(is_number(rank_threshold) and rank_threshold > 0, f"rank_threshold must be > 0, got {rank_threshold!r}")
+    require(is_number(plateau_margin) and plateau_margin > 1,
+            f"plateau_margin must be a number > 1, got {plateau_margin!r}")
     require(isinstance(precondition, bool), f"precondition must be True or False, got {precondition!r}")
     require(is_number(max_curvature) and max_curvature > 0, f"max_curvature must be > 0, got {max_curvature!r}")
     require(is_number(max_epsilon) and max_epsilon > 0, f"max_epsilon must be > 0, got {max_epsilon!r}")
@@ -411,20 +447,24 @@ def estimate(model: DLN, x_train: torch.Tensor, sgld: SGLDConfig, seed: int, num
 
 @ex.capture
 def train_and_track(model: DLN, data: tuple, training: TrainingConfig, sgld: SGLDConfig, g_train: torch.Generator,
-                    g_sgld: torch.Generator, logging_period, log_spaced, num_logging_points, verbose,
+                    g_sgld: torch.Generator, logging_period, log_spaced, num_logging_points, log_at_steps, verbose,
                     _run) -> pd.DataFrame:
     """SGD on the teacher's data; at each logging step, every metric of ``describe`` and λ̂(w_t).
 
     Returns:
         One row per logging step: ``step``, ``lambdahat``, ``lambdahat_std``, ``rank``,
-        ``true_lambda``, ``train_loss``, ``test_loss``.
+        ``true_lambda``, ``train_loss``, ``test_loss``, ``sv_last`` and ``sv_next`` (the rank-th and
+        next singular values of the product, NaN where there is none).
 
     Raises:
         FloatingPointError: If the training loss becomes NaN or infinite.
     """
     x_train, y_train, x_test, y_test = data
     opt = make_optimizer(model.parameters(), training)
-    todo = logging_steps(training.num_steps, logging_period, log_spaced, num_logging_points)
+    if log_at_steps is None:
+        todo = logging_steps(training.num_steps, logging_period, log_spaced, num_logging_points)
+    else:
+        todo = sorted({int(t) for t in log_at_steps} | {training.num_steps})
     rows, device = [], x_train.device
     bar = tqdm(total=training.num_steps, desc="training", disable=not progress(verbose))
     for t in range(training.num_steps + 1):
@@ -434,9 +474,11 @@ def train_and_track(model: DLN, data: tuple, training: TrainingConfig, sgld: SGL
             for key, value in values.items():
                 _run.log_scalar(key, value, t)
             record_llc(_run, result, t)
+            rank = values["rank/product"]
             rows.append(dict(step=t, lambdahat=result.lambdahat, lambdahat_std=result.lambdahat_std,
-                             rank=values["rank/product"], true_lambda=values["true/lambda"],
-                             train_loss=values["train/loss"], test_loss=values["test/loss"]))
+                             rank=rank, true_lambda=values["true/lambda"], train_loss=values["train/loss"],
+                             test_loss=values["test/loss"], sv_last=values.get(f"product/sv{rank - 1}", math.nan),
+                             sv_next=values.get(f"product/sv{rank}", math.nan)))
             if verbose:
                 tqdm.write(f"step {t}: loss {values['train/loss']:.4g}, rank {values['rank/product']}, "
                            f"λ = {values['true/lambda']:g}, λ̂ = {result.lambdahat:.3f} ± {result.lambdahat_std:.2f}")
@@ -473,8 +515,8 @@ def make_figure(curve: pd.DataFrame, in_out_dim, width, num_hidden_layers, seed)
 
 
 @ex.main
-def run(_run, sgld_config, training_config, in_out_dim, num_training_data, num_test_data, rank_threshold, device,
-        do_plot, seed) -> dict:
+def run(_run, sgld_config, training_config, in_out_dim, num_training_data, num_test_data, rank_threshold,
+        plateau_margin, device, do_plot, seed) -> dict:
     """Data → small-init student → SGD with λ̂(w_t) at logging steps → plateaus → records."""
     sgld = parse(SGLDConfig, "sgld_config", sgld_config)
     training = parse(TrainingConfig, "training_config", training_config)
@@ -489,7 +531,7 @@ def run(_run, sgld_config, training_config, in_out_dim, num_training_data, num_t
     _run.info.update(device_info(dev), rank_threshold=rank_threshold,
                      model_dim=sum(p.numel() for p in model.parameters()))
     curve = train_and_track(model, data, training, sgld, g_train, g_sgld)
-    plateaus = plateau_summary(curve)
+    plateaus = plateau_summary(curve, rank_threshold=rank_threshold, margin=plateau_margin)
     _run.info["plateaus"] = plateaus
     for p in plateaus:
         print(f"rank {p['rank']} (steps {p['first_step']}-{p['last_step']}, {p['num_points']} points): "
