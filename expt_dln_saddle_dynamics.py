@@ -428,7 +428,8 @@ def estimate(model: DLN, x_train: torch.Tensor, sgld: SGLDConfig, seed: int, num
     ``epsilon="auto"``, a calibrated ε above ``max_epsilon`` is replaced by it (the chains are rerun):
     near the rank-0 saddle the loss is of degree 2N in the weights, so its Hessian at w* is ~0 and
     ``sgld.calibrate_epsilon`` takes a large step (~2e-3 here), yet the sampled region is curved;
-    there λ̂ grows with ε (6.4 at the calibrated ε, 4.5-4.7 at 3e-4, for Aoyagi's 4.5).
+    there λ̂ grows with ε (for Aoyagi's 4.5: 6.4 at the calibrated ε; over steps 0-60 of the default
+    run, 5.1-5.2 at 3e-4 with 2000- or 5000-step chains, 4.7 with 800, and 4.8 at 1e-4 with 6000).
 
     Returns:
         The estimator's ``LLCResult``.
