@@ -21,11 +21,11 @@ from tests.notebook_runner import execute_notebook
 README_COMMAND = ("python expt_dln_saddle_dynamics.py -m HOST:27017:DB with expt_name=NAME width=500 seed=42 "
                   "training_config.num_steps=50000 logging_period=100")
 
-# The default network (D = 5, width 3, 3 layers: λ = 4.5, 6.5, 8.5, 10.5 at ranks 0-3) over the
-# rank-2 and rank-3 plateaus and the step between them, with short chains.
+# The default network (D = 5, width 3, 3 layers: λ = 4.5, 6.5, 8.5 at ranks 0-2) over its rank-0, 1 and 2
+# plateaus, λ̂ at 4-5 steps inside each (the transitions are near steps 300 and 1400), with short chains.
 SCIENCE = {
-    "training_config": {"num_steps": 4000},
-    "logging_period": 300,
+    "training_config": {"num_steps": 2300},
+    "log_at_steps": [0, 30, 60, 90, 600, 680, 760, 840, 1700, 1850, 2000, 2150, 2300],
     "sgld_config": {"num_steps": 800, "num_burnin_steps": 400},
 }
 
@@ -43,7 +43,7 @@ def test_lambdahat_steps_up_with_the_rank_and_follows_aoyagi(observed, tmp_path)
     assert run.status == "COMPLETED"
     plateaus = run.info["plateaus"]
     ranks = [p["rank"] for p in plateaus]
-    assert len(plateaus) >= 2 and ranks == sorted(set(ranks)), plateaus
+    assert ranks == [0, 1, 2] and all(p["num_points"] >= 3 for p in plateaus), plateaus
     means = [p["lambdahat_mean"] for p in plateaus]
     assert all(b > a for a, b in zip(means, means[1:], strict=False)), f"λ̂ does not step up: {plateaus}"
     for p in plateaus:
@@ -53,6 +53,7 @@ def test_lambdahat_steps_up_with_the_rank_and_follows_aoyagi(observed, tmp_path)
     curve = plots.training_curve(metrics, plots.SADDLE_METRICS)
     assert set(curve["rank"]) >= set(ranks)
     assert np.all(curve["true_lambda"] == [sd.true_lambda(int(r), 5, [3, 3, 5])[0] for r in curve["rank"]])
+    assert sorted(set(curve["step"])) == SCIENCE["log_at_steps"]
     for name in ("layer0/rank", "layer2/nuclear_norm", "product/sv4", "test/loss", "llc/rhat"):
         assert name in set(metrics["metric"])
     assert (observed / "1" / "saddle_to_saddle.png").stat().st_size > 10_000
@@ -67,6 +68,23 @@ def test_plateau_summary_trims_transitions_and_skips_short_plateaus() -> None:
     assert [(p["rank"], p["first_step"], p["last_step"]) for p in out] == [(1, 3, 5), (2, 8, 9)]
     assert out[0]["lambdahat_mean"] == pytest.approx(6.0) and out[0]["rel_error"] == pytest.approx(0.0)
     assert out[1]["rel_error"] == pytest.approx(0.0)
+
+
+def test_plateau_summary_keeps_only_settled_points() -> None:
+    # Rank 1 by the threshold 1.0 at steps 2-7, but settled (s₁ ≥ 10, s₂ ≤ 0.1) only at 4-6: at 2-3 the
+    # first singular value is still growing, at 7 the second one is on its way up.
+    curve = pd.DataFrame({"step": range(9), "rank": [0, 0, 1, 1, 1, 1, 1, 1, 2],
+                          "true_lambda": [3.0] * 2 + [6.0] * 6 + [8.0],
+                          "lambdahat": [3, 3, 4, 5, 6, 6.5, 5.5, 7.5, 8],
+                          "sv_last": [np.nan] * 2 + [1.5, 9.0, 40, 50, 50, 50, 30],
+                          "sv_next": [0.05, 0.5, 0.01, 0.01, 0.02, 0.05, 0.1, 0.3, np.nan]})
+    out = sd.plateau_summary(curve, min_points=1, rank_threshold=1.0, margin=10.0)
+    assert [(p["rank"], p["first_step"], p["last_step"], p["num_points"]) for p in out] == [
+        (0, 0, 0, 1), (1, 4, 6, 3), (2, 8, 8, 1)]
+    assert out[1]["lambdahat_mean"] == pytest.approx(6.0)
+    assert [p["num_points"] for p in sd.plateau_summary(curve, 1, rank_threshold=1.0, margin=2.0)] == [2, 5, 1]
+    with pytest.raises(ValueError, match="margin must be > 1"):
+        sd.plateau_summary(curve, rank_threshold=1.0, margin=1.0)
 
 
 def test_logging_steps() -> None:
@@ -100,6 +118,10 @@ def test_reference_keys_and_bad_values() -> None:
         sd.ex.run(config_updates={"sgld_config": {"eps": 1e-6}})
     with pytest.raises(ValueError, match="width must be an int >= 1, got 0"):
         sd.ex.run(config_updates={"width": 0})
+    with pytest.raises(ValueError, match="log_at_steps must be None or a non-empty list"):
+        sd.ex.run(config_updates={"log_at_steps": [0, 5000]})
+    with pytest.raises(ValueError, match="plateau_margin must be a number > 1"):
+        sd.ex.run(config_updates={"plateau_margin": 0.5})
 
 
 def test_tiny_run_metrics(observed) -> None:
