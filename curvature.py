@@ -130,7 +130,7 @@ class HessianOperator:
         self.params = [p for p in model.parameters() if p.requires_grad]
         x, y = data
         self.num_data = len(x)
-        self.batches = list(zip(x.split(batch_size), y.split(batch_size)))
+        self.batches = list(zip(x.split(batch_size), y.split(batch_size), strict=True))
         d = sum(p.numel() for p in self.params)
         self.shape = (d, d)
         self.device, self.dtype = self.params[0].device, self.params[0].dtype

@@ -425,7 +425,8 @@ def own_outputs(model: nn.Module, x: Tensor) -> Tensor:
 
 
 @ex.capture
-def measured_loss(model: nn.Module, loss_fn, d: datasets.Data, force_realisable) -> tuple[tuple[Tensor, Tensor], object]:
+def measured_loss(model: nn.Module, loss_fn, d: datasets.Data,
+                  force_realisable) -> tuple[tuple[Tensor, Tensor], object]:
     """The data and loss λ̂ is measured on at the model's current parameters: clean labels, or its own outputs.
 
     Returns:
