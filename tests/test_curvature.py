@@ -91,6 +91,18 @@ def test_lanczos_and_sketch_find_the_chosen_eigenpairs():
     assert torch.allclose(evals, want, rtol=1e-4)
 
 
+@pytest.mark.parametrize("low", [-1.0, -5.0])
+def test_top_eigs_exact_by_magnitude_with_and_without_the_partial_solver(low):
+    # d = 200, k = 20: spectrum [low, 5] puts only positive eigenvalues in the top 20 by magnitude when
+    # low = -1 (the partial MRRR solve, certified by Cholesky), and negative ones when low = -5 (fallback).
+    u, _ = torch.linalg.qr(torch.randn(200, 200, generator=torch.Generator().manual_seed(6), dtype=torch.float64))
+    lam = torch.linspace(low, 5.0 if low == -1.0 else 1.0, 200, dtype=torch.float64)
+    vals, vecs = cv.top_eigs_exact((u * lam) @ u.T, 20)
+    order = torch.argsort(lam.abs(), descending=True)[:20]
+    assert torch.allclose(vals, lam[order], atol=1e-10)
+    assert cv.grassmann_distances(vecs, u[:, order])["geodesic"] < 1e-6
+
+
 def test_hessian_rank_by_each_method():
     _, H, _, _ = quadratic(SPECTRUM, seed=4)
     assert cv.hessian_rank(H, method="dense").rank == 5
