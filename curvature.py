@@ -12,9 +12,9 @@ What each piece is built on:
   backward (Pearlmutter 1994), H v = ∇(∇L_nᵀ v), the gradient's graph built once per batch and
   reused for every column of V, each batch weighted by |batch|/n, so the product is that of the
   full-data Hessian whatever the batch size; with a single batch the graph is also kept between
-  calls while w is unchanged. One product costs about 2.5 gradients and a further column about 2;
+  calls while w is unchanged. One product costs about 3 gradients, one more at the same w about 2;
   curvlinops' ``HessianLinearOperator`` (forward-over-reverse, ``vmap(jvp(jacrev))``, rebuilt per
-  call) cost 5-7 gradients for one vector (``benchmarks/bench_curvature.py``), which dominated
+  call) cost 4-7 gradients for one vector (``benchmarks/bench_curvature.py``), which dominated
   Lanczos. ``to_scipy()`` makes H a ``scipy.sparse.linalg.LinearOperator`` for ``eigsh``
   (Lanczos, ``top_eigs_lanczos``). All products run on the parameters' device (GPU when the model
   is there).
@@ -115,7 +115,7 @@ class HessianOperator:
     (Pearlmutter 1994): per batch B, the gradient g_B = (|B|/n) ∇ℓ_B(w) is built once with its graph
     (``create_graph=True``), then each column v gives H_B v = ∇(g_Bᵀ v) by one more backward pass
     through that graph; the sum over batches is the full-data product, whatever ``batch_size``.
-    One product costs about 2-3 gradients, and each further column of a matrix about 2
+    One product costs about 3 gradients, and each further column (or call at the same w) about 2
     (``benchmarks/bench_curvature.py``). The product is taken at the parameters' values at call
     time (the operator holds the live parameters, not a copy).
 
