@@ -8,13 +8,18 @@ mean loss L_n(w) = (1/n) Σ_i ℓ(f(x_i; w), y_i), never of a minibatch.
 
 What each piece is built on:
 
-* **curvlinops-for-pytorch** (3.0.1) supplies H as a linear operator: ``hessian_operator`` wraps
-  ``curvlinops.HessianLinearOperator``, which multiplies H onto a block of vectors exactly, by
-  forward-over-reverse differentiation vectorised over the vectors (``vmap(jvp(jacrev))``), and
-  sums the minibatch Hessians weighted by |batch|/n, so the product is that of the full-data
-  Hessian whatever the batch size. Its ``to_scipy()`` makes H a ``scipy.sparse.linalg.LinearOperator``
-  for ``eigsh`` (Lanczos, ``top_eigs_lanczos``). All products run on the parameters' device (GPU
-  when the model is there).
+* **Hessian-vector products, written here** (``hessian_operator``, ``HessianOperator``): double
+  backward (Pearlmutter 1994), H v = ∇(∇L_nᵀ v), the gradient's graph built once per batch and
+  reused for every column of V, each batch weighted by |batch|/n, so the product is that of the
+  full-data Hessian whatever the batch size; with a single batch the graph is also kept between
+  calls while w is unchanged. One product costs about 3 gradients, one more at the same w about 2;
+  curvlinops' ``HessianLinearOperator`` (forward-over-reverse, ``vmap(jvp(jacrev))``, rebuilt per
+  call) cost 4-7 gradients for one vector (``benchmarks/bench_curvature.py``), which dominated
+  Lanczos. ``to_scipy()`` makes H a ``scipy.sparse.linalg.LinearOperator`` for ``eigsh``
+  (Lanczos, ``top_eigs_lanczos``). All products run on the parameters' device (GPU when the model
+  is there).
+* **curvlinops-for-pytorch** (3.0.1) is the reference the hand-written product is tested against
+  (``tests/test_curvature.py``); nothing here calls it at run time.
 * **skerch** (1.2.0) supplies the sketched eigendecomposition (``top_eigs_sketched``,
   ``hessian_rank(method="sketch")``): ``skerch.algorithms.seigh`` with HMT recovery (Halko,
   Martinsson & Tropp 2011, Alg. 4.1 and 5.3): Y = H Ω for a random Rademacher Ω (d × s),
@@ -59,15 +64,17 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import numpy as np
+import scipy.linalg
 import torch
-from curvlinops import HessianLinearOperator
-from scipy.sparse.linalg import eigsh
+from scipy.sparse.linalg import LinearOperator, eigsh
 from skerch.algorithms import seigh
 from torch import Tensor, nn
 from torch.func import functional_call, jacrev
+from tqdm import tqdm
 
 __all__ = [
     "RANK_RTOL",
+    "HessianOperator",
     "Quadratic",
     "RankResult",
     "SpectralDensity",
@@ -101,22 +108,93 @@ SKETCH_OVERSAMPLING = 10  # sketch columns beyond the rank found, for a rank to 
 # --------------------------------------------------------------------------- the operator
 
 
-class _MeanLoss(nn.Module):
-    """``loss_fn(output, target)`` (a batch mean) as the criterion module curvlinops expects."""
+class HessianOperator:
+    r"""H = ∇²L_n(w), the Hessian of the full-data mean loss at the model's current parameters, as an operator.
 
-    reduction = "mean"
+    ``H @ v`` for a vector (d,) or a matrix (d, K) on the parameters' device, by double backward
+    (Pearlmutter 1994): per batch B, the gradient g_B = (|B|/n) ∇ℓ_B(w) is built once with its graph
+    (``create_graph=True``), then each column v gives H_B v = ∇(g_Bᵀ v) by one more backward pass
+    through that graph; the sum over batches is the full-data product, whatever ``batch_size``.
+    One product costs about 3 gradients, and each further column (or call at the same w) about 2
+    (``benchmarks/bench_curvature.py``). The product is taken at the parameters' values at call
+    time (the operator holds the live parameters, not a copy).
 
-    def __init__(self, loss_fn: Callable[[Tensor, Tensor], Tensor]) -> None:
-        super().__init__()
-        self.loss_fn = loss_fn
+    Attributes:
+        shape: (d, d).
+        device: The parameters' device.
+        dtype: The parameters' dtype.
+    """
 
-    def forward(self, output: Tensor, target: Tensor) -> Tensor:  # noqa: D102
-        return self.loss_fn(output, target)
+    def __init__(self, model: nn.Module, loss_fn: Callable[[Tensor, Tensor], Tensor], data: tuple[Tensor, Tensor],
+                 batch_size: int, progress: bool) -> None:
+        self.model, self.loss_fn, self.progress = model, loss_fn, progress
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        x, y = data
+        self.num_data = len(x)
+        self.batches = list(zip(x.split(batch_size), y.split(batch_size), strict=True))
+        d = sum(p.numel() for p in self.params)
+        self.shape = (d, d)
+        self.device, self.dtype = self.params[0].device, self.params[0].dtype
+        self._cache: tuple | None = None  # (state, gradient with graph), see __matmul__
+
+    @staticmethod
+    def _flat(tensors) -> Tensor:
+        return torch.cat([t.reshape(-1) for t in tensors])
+
+    def _state(self) -> tuple:
+        # Changes whenever a parameter or the data is written in place (optimiser steps, copy_) or swapped.
+        return tuple((t.data_ptr(), t._version) for t in (*self.params, *self.batches[0]))
+
+    def _gradient_graph(self, xb: Tensor, yb: Tensor) -> Tensor | None:
+        """(|B|/n) ∇ℓ_B(w), flat, with its graph; None where it does not depend on w (zero Hessian)."""
+        with torch.enable_grad():
+            loss = self.loss_fn(self.model(xb), yb) * (len(xb) / self.num_data)
+            grad = self._flat(torch.autograd.grad(loss, self.params, create_graph=True, allow_unused=True,
+                                                  materialize_grads=True))
+        return grad if grad.requires_grad else None
+
+    def __matmul__(self, v: Tensor) -> Tensor:
+        d = self.shape[0]
+        if not isinstance(v, Tensor) or v.ndim not in (1, 2) or v.shape[0] != d:
+            raise ValueError(f"H @ v needs a tensor of shape ({d},) or ({d}, K), got "
+                             f"{tuple(v.shape) if isinstance(v, Tensor) else type(v).__name__}")
+        cols = v.to(self.device, self.dtype).reshape(d, -1)
+        out = torch.zeros_like(cols)
+        # With one batch, the gradient's graph (the memory of one product anyway) is kept between calls
+        # while w and the data are unchanged: Lanczos's one-vector products then skip the forward and
+        # first backward pass, a third of their cost. With several batches keeping every batch's graph
+        # would defeat batch_size, so each product rebuilds them.
+        keep = len(self.batches) == 1
+        for xb, yb in tqdm(self.batches, desc="Hessian-vector product", disable=not self.progress, leave=False):
+            if keep and self._cache is not None and self._cache[0] == self._state():
+                grad = self._cache[1]
+            else:
+                self._cache = None
+                grad = self._gradient_graph(xb, yb)
+                if keep:
+                    self._cache = (self._state(), grad)
+            if grad is None:
+                continue
+            with torch.enable_grad():
+                for j in range(cols.shape[1]):
+                    hv = torch.autograd.grad(grad, self.params, cols[:, j], retain_graph=keep or j + 1 < cols.shape[1],
+                                             allow_unused=True, materialize_grads=True)
+                    out[:, j] += self._flat(hv)
+        return out.reshape(v.shape)
+
+    def to_scipy(self, dtype=np.float64) -> LinearOperator:
+        """H as a ``scipy.sparse.linalg.LinearOperator`` (numpy in ``dtype``, products in H's dtype and device)."""
+
+        def matmat(m: np.ndarray) -> np.ndarray:
+            prod = self @ torch.from_numpy(np.ascontiguousarray(m)).to(self.device, self.dtype)
+            return prod.detach().cpu().numpy().astype(dtype, copy=False)
+
+        return LinearOperator(self.shape, matvec=matmat, matmat=matmat, rmatvec=matmat, rmatmat=matmat, dtype=dtype)
 
 
 def hessian_operator(model: nn.Module, loss_fn: Callable[[Tensor, Tensor], Tensor], data: tuple[Tensor, Tensor], *,
-                     batch_size: int = 4096, progress: bool = False) -> HessianLinearOperator:
-    r"""H = ∇²L_n(w) at the model's parameters as a curvlinops linear operator (``H @ V``, ``H.to_scipy()``).
+                     batch_size: int = 4096, progress: bool = False) -> HessianOperator:
+    r"""H = ∇²L_n(w) at the model's parameters as a linear operator (``H @ V``, ``H.to_scipy()``).
 
     Args:
         model: The model; its trainable parameters, in ``model.parameters()`` order, are w.
@@ -126,22 +204,20 @@ def hessian_operator(model: nn.Module, loss_fn: Callable[[Tensor, Tensor], Tenso
         progress: Show a progress bar over batches in each product.
 
     Returns:
-        The operator, on the parameters' device and dtype.
+        The operator (``HessianOperator``), on the parameters' device and dtype.
 
     Raises:
-        ValueError: If ``data`` is not a pair of tensors of equal length or the model has no
-            trainable parameter.
+        ValueError: If ``data`` is not a pair of tensors of equal length, ``batch_size`` < 1 or
+            the model has no trainable parameter.
     """
     if not (isinstance(data, (tuple, list)) and len(data) == 2 and all(isinstance(t, Tensor) for t in data)
             and len(data[0]) == len(data[1]) > 0):
         raise ValueError("data must be a pair (x, y) of tensors with the same number of rows > 0")
-    params = [p for p in model.parameters() if p.requires_grad]
-    if not params:
+    if not (isinstance(batch_size, int) and batch_size >= 1):
+        raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
+    if not any(p.requires_grad for p in model.parameters()):
         raise ValueError("the model has no trainable parameter")
-    x, y = data
-    batches = list(zip(x.split(batch_size), y.split(batch_size)))
-    return HessianLinearOperator(model, _MeanLoss(loss_fn), params, batches, progressbar=progress,
-                                 check_deterministic=False, num_data=len(x))
+    return HessianOperator(model, loss_fn, tuple(data), batch_size, progress)
 
 
 def hvp(H, v: Tensor, block: int = HVP_BLOCK) -> Tensor:
@@ -395,11 +471,26 @@ def hessian_eigvalsh(H) -> Tensor:
 
 
 def top_eigs_exact(dense: Tensor, k: int) -> tuple[Tensor, Tensor]:
-    """Top-k eigenpairs by magnitude of a dense symmetric matrix (full ``torch.linalg.eigh``).
+    """Top-k eigenpairs by magnitude of a dense symmetric matrix, exact (direct eigensolvers, no iteration).
+
+    On the CPU with k < d/4, LAPACK's MRRR (``scipy.linalg.eigh``, driver "evr") computes only the k
+    largest eigenpairs λ_1 ≥ … ≥ λ_k, about half the cost of all of them; they are the top k by
+    magnitude exactly when no eigenvalue lies below −λ_k, i.e. when A + λ_k I is positive definite,
+    which a Cholesky factorisation (d³/3 flops) certifies. Otherwise, and on a GPU, all eigenpairs
+    (``torch.linalg.eigh``).
 
     Returns:
-        (eigenvalues (k,) by decreasing magnitude, eigenvectors (d, k)).
+        (eigenvalues (k,) by decreasing magnitude, eigenvectors (d, k)), on the matrix's device.
     """
+    d = dense.shape[0]
+    if dense.device.type == "cpu" and 4 * k < d:
+        vals, vecs = scipy.linalg.eigh(dense.numpy(), subset_by_index=[d - k, d - 1], driver="evr")
+        shift = float(vals[0])
+        if shift > 0:
+            shifted = dense + shift * torch.eye(d, dtype=dense.dtype)
+            if int(torch.linalg.cholesky_ex(shifted).info) == 0:
+                return (torch.from_numpy(vals[::-1].copy()).to(dense.dtype),
+                        torch.from_numpy(vecs[:, ::-1].copy()).to(dense.dtype))
     vals, vecs = torch.linalg.eigh(dense)
     order = torch.argsort(vals.abs(), descending=True)[:k]
     return vals[order], vecs[:, order]

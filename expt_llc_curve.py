@@ -39,6 +39,12 @@ At a checkpoint:
 The run's info holds the last checkpoint's ``LLCResult.to_dict()`` (λ̂ and every diagnostic),
 ``sgd_temperature``, ``model_dim``, ``num_train``, ``num_test``, the data's ``normalisation``,
 the device, and ``checkpoints``: one dict per checkpoint (step, λ̂, its std, R̂, losses, accuracies).
+With ``do_top_eigs=k`` (0 = off) the k largest-magnitude eigenvalues of the Hessian of the loss
+λ̂ is measured on (same data and targets, eval mode) are logged at each checkpoint as
+``hessian/top_eig1`` … ``hessian/top_eig<k>`` (Lanczos, ``curvature.curvature_summary``); with
+``do_mask_overlap=k`` the overlap ‖M Q‖²_F/k of its top-k eigenspace Q with the mask M of the k
+largest-|w_i| parameters as ``hessian/mask_overlap`` (≈ k/d for unrelated subspaces) and the
+Grassmann distance between the two as ``hessian/mask_geodesic``. Both also go into the checkpoint rows.
 ``do_plot=True`` stores ``llc_over_training.png`` (``plots.llc_over_training``) as an artifact.
 
 Losses (``model_data_config.loss``): ``cross_entropy`` (class-index targets, one output per
@@ -59,6 +65,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm import tqdm
 
+import curvature
 import data as datasets
 from experiment import (
     Experiment,
@@ -138,6 +145,8 @@ def config():
     logging_period = 1000  # steps between checkpoints (λ̂, losses, accuracies)
     verbose = False  # progress bars and per-checkpoint lines even without a terminal
     do_plot = False  # store the λ̂-over-training figure as an artifact
+    do_top_eigs = 0  # k > 0: log the k largest-magnitude Hessian eigenvalues where λ̂ is measured (Lanczos)
+    do_mask_overlap = 0  # k > 0: log the overlap of the Hessian's top-k eigenspace with the k largest-|w_i| mask
 
 
 @ex.named_config
@@ -351,7 +360,8 @@ def load_data(md: ModelDataConfig, generator: torch.Generator) -> datasets.Data:
 
 
 @ex.capture
-def check_setup(expt_name, logging_period, force_realisable, loss_trace_minibatch, verbose, do_plot) -> None:
+def check_setup(expt_name, logging_period, force_realisable, loss_trace_minibatch, verbose, do_plot, do_top_eigs,
+                do_mask_overlap) -> None:
     """Validate the top-level config before any work, so a bad value fails in seconds.
 
     Raises:
@@ -363,6 +373,19 @@ def check_setup(expt_name, logging_period, force_realisable, loss_trace_minibatc
     for key, v in (("force_realisable", force_realisable), ("loss_trace_minibatch", loss_trace_minibatch),
                    ("verbose", verbose), ("do_plot", do_plot)):
         require(isinstance(v, bool), f"{key} must be True or False, got {v!r}")
+    for key, k in (("do_top_eigs", do_top_eigs), ("do_mask_overlap", do_mask_overlap)):
+        require(is_int(k) and k >= 0, f"{key} must be an int >= 0 (0 = off), got {k!r}")
+
+
+def check_curvature(model: nn.Module, do_top_eigs: int, do_mask_overlap: int) -> None:
+    """Lanczos needs k < d.
+
+    Raises:
+        ValueError: Naming the key whose k is not below the model's d.
+    """
+    d = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    for key, k in (("do_top_eigs", do_top_eigs), ("do_mask_overlap", do_mask_overlap)):
+        require(k < d, f"{key} must be an int in [0, d={d}) (0 = off), got {k!r}")
 
 
 def check_sizes(sgld: SGLDConfig, training: CurveTrainingConfig, d: datasets.Data) -> None:
@@ -402,28 +425,66 @@ def own_outputs(model: nn.Module, x: Tensor) -> Tensor:
 
 
 @ex.capture
+def measured_loss(model: nn.Module, loss_fn, d: datasets.Data,
+                  force_realisable) -> tuple[tuple[Tensor, Tensor], object]:
+    """The data and loss λ̂ is measured on at the model's current parameters: clean labels, or its own outputs.
+
+    Returns:
+        ((x, targets), loss_fn).
+    """
+    if force_realisable:
+        return (d.x_train, own_outputs(model, d.x_train)), realisable_loss
+    return (d.x_train, d.y_train_clean), loss_fn
+
+
+@ex.capture
 def estimate(model: nn.Module, loss_fn, d: datasets.Data, sgld: SGLDConfig, seed: int, device: torch.device,
-             force_realisable, loss_trace_minibatch, verbose) -> LLCResult:
+             loss_trace_minibatch, verbose) -> LLCResult:
     """λ̂ at the model's current parameters on the clean labels, or against its own outputs.
 
     Returns:
         The estimator's ``LLCResult``.
     """
-    if force_realisable:
-        data, fn = (d.x_train, own_outputs(model, d.x_train)), realisable_loss
-    else:
-        data, fn = (d.x_train, d.y_train_clean), loss_fn
+    data, fn = measured_loss(model, loss_fn, d)
     return estimate_llc(model, fn, data, **sgld_kwargs(sgld), seed=seed, loss_trace_minibatch=loss_trace_minibatch,
                         progress=progress(verbose), device=device)
 
 
+@ex.capture
+def curvature_at(model: nn.Module, loss_fn, d: datasets.Data, seed: int, do_top_eigs, do_mask_overlap) -> dict:
+    """Top Hessian eigenvalues and mask overlap of the loss λ̂ is measured on, at w_t, as metrics.
+
+    The model is put in eval mode, as for sampling (BatchNorm on running statistics), so the loss
+    is a function of the parameters alone (``curvature.curvature_summary``, Lanczos).
+
+    Returns:
+        ``{"hessian/top_eig<i>": λ_i, …, "hessian/mask_overlap", "hessian/mask_geodesic"}`` for the
+        options that are on; empty when both are off.
+    """
+    if not (do_top_eigs or do_mask_overlap):
+        return {}
+    data, fn = measured_loss(model, loss_fn, d)
+    was_training = model.training
+    model.eval()
+    try:
+        summary = curvature.curvature_summary(model, fn, data, top_eigs=do_top_eigs, mask_overlap_k=do_mask_overlap,
+                                              seed=seed)
+    finally:
+        model.train(was_training)
+    out = {f"hessian/top_eig{i + 1}": v for i, v in enumerate(summary.get("top_eigenvalues", []))}
+    if "mask_overlap" in summary:
+        out.update({"hessian/mask_overlap": summary["mask_overlap"]["overlap"],
+                    "hessian/mask_geodesic": summary["mask_overlap"]["geodesic"]})
+    return out
+
+
 def checkpoint(_run, step: int, model: nn.Module, loss_fn, d: datasets.Data, result: LLCResult,
-               temperature: float) -> dict:
-    """Log one checkpoint's metrics and return its summary row."""
+               temperature: float, seed: int) -> dict:
+    """Log one checkpoint's metrics (with the curvature ones that are on) and return its summary row."""
     train_loss, train_acc = evaluate(model, loss_fn, d.x_train, d.y_train)
     test_loss, test_acc = evaluate(model, loss_fn, d.x_test, d.y_test)
     row = {"step": step, "train/loss": train_loss, "train/accuracy": train_acc, "test/loss": test_loss,
-           "test/accuracy": test_acc, "train/temperature": temperature}
+           "test/accuracy": test_acc, "train/temperature": temperature, **curvature_at(model, loss_fn, d, seed)}
     for key, value in row.items():
         if key != "step":
             _run.log_scalar(key, value, step)
@@ -450,8 +511,9 @@ def train_and_measure(model: nn.Module, loss_fn, d: datasets.Data, sgld: SGLDCon
     model.train()
     for t in tqdm(range(training.num_steps), desc="training", disable=not progress(verbose)):
         if t % logging_period == 0 or t == last:
-            result = estimate(model, loss_fn, d, sgld, int_seed(g_sgld), device)
-            rows.append(checkpoint(_run, t, model, loss_fn, d, result, temperature))
+            seed = int_seed(g_sgld)
+            result = estimate(model, loss_fn, d, sgld, seed, device)
+            rows.append(checkpoint(_run, t, model, loss_fn, d, result, temperature, seed))
             if verbose:
                 print(f"step {t}: λ̂ = {result.lambdahat:.4g} ± {result.lambdahat_std:.2g}, train loss "
                       f"{rows[-1]['train/loss']:.4g}, test loss {rows[-1]['test/loss']:.4g}, "
@@ -496,7 +558,8 @@ def _to_device(d: datasets.Data, device: torch.device) -> datasets.Data:
 
 
 @ex.main
-def run(_run, sgld_config, model_data_config, training_config, device, seed, do_plot) -> dict:
+def run(_run, sgld_config, model_data_config, training_config, device, seed, do_plot, do_top_eigs,
+        do_mask_overlap) -> dict:
     """Data → model → train, with λ̂ and losses at every checkpoint → records."""
     sgld = parse(SGLDConfig, "sgld_config", sgld_config)
     md = parse(ModelDataConfig, "model_data_config", model_data_config)
@@ -508,6 +571,7 @@ def run(_run, sgld_config, model_data_config, training_config, device, seed, do_
     check_sizes(sgld, training, d)
     d = _to_device(d, dev)
     model = build_model(md, d, g_init).to(dev)
+    check_curvature(model, do_top_eigs, do_mask_overlap)
     loss_fn = make_loss(md.loss, md.alpha)
     _run.info.update(device_info(dev), model_dim=sum(p.numel() for p in model.parameters() if p.requires_grad),
                      num_train=len(d.x_train), num_test=len(d.x_test), normalisation=d.normalisation,

@@ -44,6 +44,32 @@ def test_full_hessian_and_hvp_are_the_quadratic_form():
     assert torch.allclose(cv.full_hessian(H1), a, atol=1e-5)
 
 
+def test_hvp_of_a_network_matches_curvlinops_and_follows_the_parameters():
+    # A tanh MLP under cross-entropy (nonzero third derivatives, so H depends on w): the hand-written
+    # double-backward product against curvlinops' forward-over-reverse one, with one batch (the cached
+    # gradient graph) and with three (the |B|/n weighting), before and after an SGD step.
+    from curvlinops import HessianLinearOperator
+
+    g = torch.Generator().manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(5, 7), torch.nn.Tanh(), torch.nn.Linear(7, 3))
+    x, y = torch.randn(50, 5, generator=g), torch.randint(3, (50,), generator=g)
+    loss = torch.nn.functional.cross_entropy
+    v = torch.randn(sum(p.numel() for p in model.parameters()), 4, generator=g)
+    H1, H3 = cv.hessian_operator(model, loss, (x, y)), cv.hessian_operator(model, loss, (x, y), batch_size=20)
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    for _ in range(2):
+        ref = HessianLinearOperator(model, torch.nn.CrossEntropyLoss(), list(model.parameters()), [(x, y)],
+                                    check_deterministic=False) @ v
+        scale = ref.abs().max()
+        for H in (H1, H3):
+            assert torch.allclose(H @ v, ref, atol=1e-5 * scale)
+            assert torch.allclose(H @ v[:, 1], ref[:, 1], atol=1e-5 * scale)
+        opt.zero_grad()
+        loss(model(x), y).backward()
+        opt.step()
+    assert not torch.allclose(ref, H1 @ v, atol=1e-3 * scale)  # the step changed H, and H1 saw it
+
+
 def test_hutchinson_trace_within_its_standard_error():
     _, H, lam, _ = quadratic(SPECTRUM, seed=2)
     est = cv.hutchinson_trace(H, 400, torch.Generator().manual_seed(0))
@@ -63,6 +89,18 @@ def test_lanczos_and_sketch_find_the_chosen_eigenpairs():
     assert cv.grassmann_distances(svecs, u[:, :3])["geodesic"] < 1e-3
     evals, evecs = cv.top_eigs_exact(cv.full_hessian(H), 3)
     assert torch.allclose(evals, want, rtol=1e-4)
+
+
+@pytest.mark.parametrize("low", [-1.0, -5.0])
+def test_top_eigs_exact_by_magnitude_with_and_without_the_partial_solver(low):
+    # d = 200, k = 20: spectrum [low, 5] puts only positive eigenvalues in the top 20 by magnitude when
+    # low = -1 (the partial MRRR solve, certified by Cholesky), and negative ones when low = -5 (fallback).
+    u, _ = torch.linalg.qr(torch.randn(200, 200, generator=torch.Generator().manual_seed(6), dtype=torch.float64))
+    lam = torch.linspace(low, 5.0 if low == -1.0 else 1.0, 200, dtype=torch.float64)
+    vals, vecs = cv.top_eigs_exact((u * lam) @ u.T, 20)
+    order = torch.argsort(lam.abs(), descending=True)[:20]
+    assert torch.allclose(vals, lam[order], atol=1e-10)
+    assert cv.grassmann_distances(vecs, u[:, order])["geodesic"] < 1e-6
 
 
 def test_hessian_rank_by_each_method():

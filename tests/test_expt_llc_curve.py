@@ -183,6 +183,7 @@ def test_linear_realisable_lambdahat_matches_the_exact_gaussian_value():
      ValueError, r"sgld_config.batch_size=200 exceeds the 100 training samples"),
     ({"model_data_config": {"alpha": 10.0}}, ValueError, r"alpha .* is for model_name='mlp' only"),
     ({"logging_period": 0}, ValueError, r"logging_period must be an int >= 1, got 0"),
+    ({"do_mask_overlap": -1}, ValueError, r"do_mask_overlap must be an int >= 0 \(0 = off\), got -1"),
 ])
 def test_bad_config_fails_naming_the_key(updates, error, match):
     with pytest.raises(error, match=match):
@@ -210,3 +211,31 @@ def test_notebook_draws_llc_over_training(tmp_path, observed):
         ex.run(config_updates={**base, "training_config": {"num_steps": 21, "batch_size": 16, "learning_rate": lr}},
                options=QUIET)
     execute_notebook("llc_over_training.ipynb", {"LLC_CURVE_RUNS_DIR": str(observed)}, tmp_path)
+
+
+def test_top_eigs_and_mask_overlap_of_a_linear_model_match_the_dense_hessian(observed):
+    # f = wᵀx + b on digits_parity (one output) with force_realisable: L(w') = mean_i (f(x_i; w') − f(x_i; w_t))²
+    # has Hessian 2 X̃ᵀX̃/n (X̃ = [X, 1]) at every w_t, so the logged eigenvalues are known; the mask overlap at
+    # step 0 is that of this matrix's top-k eigenvectors with the initial parameters' largest entries.
+    config = {"device": "cpu", "force_realisable": True, "do_top_eigs": 4, "do_mask_overlap": 3, "logging_period": 2,
+              "model_data_config": {"model_name": "mlp", "data_name": "digits_parity", "depth": 0, "loss": "mse",
+                                    "ptr": 300, "pte": 50},
+              "training_config": {"num_steps": 3, "batch_size": 32, "learning_rate": 0.05},
+              "sgld_config": {"epsilon": 1e-5, "num_steps": 4, "batch_size": 32}}
+    run = ex.run(config_updates=config, options=QUIET)
+    g_data, g_init = generators(0, 4)[:2]
+    md = ModelDataConfig(**run.config["model_data_config"])
+    d = expt_llc_curve.load_data(md, g_data)
+    x = torch.cat([d.x_train, torch.ones(len(d.x_train), 1)], 1).double()
+    vals, vecs = torch.linalg.eigh(2 * x.T @ x / len(x))
+    vals, vecs = vals.flip(0), vecs.flip(1)  # positive semi-definite: by magnitude = descending
+    for row in run.info["checkpoints"]:
+        assert [row[f"hessian/top_eig{i}"] for i in range(1, 5)] == pytest.approx(vals[:4].tolist(), rel=1e-4)
+    w0 = torch.cat([p.detach().reshape(-1) for p in expt_llc_curve.build_model(md, d, g_init).parameters()])
+    idx = torch.topk(w0.abs(), 3).indices
+    want = float(vecs[idx, :3].square().sum() / 3)
+    assert run.info["checkpoints"][0]["hessian/mask_overlap"] == pytest.approx(want, abs=1e-4)
+    metrics = _metrics(observed / "1")
+    assert metrics["hessian/top_eig1"]["steps"] == [0, 2] and metrics["hessian/mask_overlap"]["steps"] == [0, 2]
+    with pytest.raises(ValueError, match=r"do_top_eigs must be an int in \[0, d=65\)"):
+        ex.run(config_updates={**config, "do_top_eigs": 65}, options=QUIET)
