@@ -59,6 +59,7 @@ __all__ = [
     "is_number",
     "log_traces",
     "make_optimizer",
+    "mse_loss",
     "parse",
     "progress",
     "record_llc",
@@ -199,6 +200,23 @@ def make_optimizer(params, training: TrainingConfig, weight_decay: float = 0.0) 
         return torch.optim.SGD(params, lr=training.learning_rate, momentum=training.momentum or 0.0,
                                weight_decay=weight_decay)
     return torch.optim.Adam(params, lr=training.learning_rate, weight_decay=weight_decay)
+
+
+def mse_loss(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """L = mean over samples and outputs of (f(x) − y)², the regression loss of every experiment.
+
+    Written out rather than ``F.mse_loss``: in torch 2.14 a forward-over-reverse Hessian-vector
+    product of ``F.mse_loss`` at a zero residual (a realisable teacher) raises "ZeroTensors are
+    immutable".
+
+    Args:
+        output: Predictions ``(batch, ...)``.
+        target: Targets of the same shape.
+
+    Returns:
+        The scalar mean squared error.
+    """
+    return (output - target).square().mean()
 
 
 # --------------------------------------------------------------------------- device and seeds

@@ -61,6 +61,7 @@ from experiment import (
     is_number,
     log_traces,
     make_optimizer,
+    mse_loss,
     parse,
     progress,
     require,
@@ -177,22 +178,6 @@ class TrueParamConfig:
 
 # --------------------------------------------------------------------------- captured helpers
 
-
-def mse_loss(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """L = mean over samples and outputs of (f(x) − y)².
-
-    Written out rather than ``F.mse_loss``: in torch 2.14 a forward-over-reverse Hessian-vector
-    product of ``F.mse_loss`` at a zero residual (a realisable teacher) raises "ZeroTensors are
-    immutable".
-
-    Args:
-        output: Predictions ``(batch, H_{N+1})``.
-        target: Targets of the same shape.
-
-    Returns:
-        The scalar mean squared error.
-    """
-    return (output - target).square().mean()
 
 
 @ex.capture

@@ -64,6 +64,7 @@ from experiment import (
     is_int,
     is_number,
     make_optimizer,
+    mse_loss,
     parse,
     progress,
     record_llc,
@@ -147,10 +148,6 @@ def study():
 
 # --------------------------------------------------------------------------- pure helpers
 
-
-def mse_loss(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """L = mean over samples and outputs of (f(x) − y)² (the reference's loss)."""
-    return (output - target).square().mean()
 
 
 def teacher_matrix(in_out_dim: int) -> torch.Tensor:

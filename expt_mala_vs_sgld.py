@@ -33,6 +33,7 @@ from experiment import (
     is_int,
     is_number,
     log_traces,
+    mse_loss,
     parse,
     progress,
     require,
@@ -40,7 +41,7 @@ from experiment import (
     save_artifacts,
     sgld_kwargs,
 )
-from models.mlp import MLP, random_mlp
+from models.mlp import MLP, random_mlp, teacher_data
 from sgld import LLCResult, estimate_llc, mala_estimate_llc
 
 __all__ = ["SAMPLERS", "ex"]
@@ -99,25 +100,6 @@ def check_setup(sgld: SGLDConfig, expt_name, input_dim, layer_widths, num_traini
             f"sgld_config.batch_size must be <= num_training_data={num_training_data}, got {sgld.batch_size}")
 
 
-@ex.capture
-def make_data(teacher: MLP, generator: torch.Generator, input_dim, num_training_data, input_bound):
-    """The n inputs uniform on the box and the true network's outputs.
-
-    Returns:
-        ``(x, y)``.
-    """
-    x = (torch.rand(num_training_data, input_dim, generator=generator) * 2 - 1) * input_bound
-    with torch.no_grad():
-        return x, teacher(x)
-
-
-def mse_loss(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """L = mean over samples and outputs of (f(x) − y)².
-
-    Returns:
-        The scalar loss.
-    """
-    return (output - target).square().mean()
 
 
 @ex.capture
@@ -139,14 +121,14 @@ def estimate(model: MLP, data, sgld: SGLDConfig, seed: int, device: torch.device
 
 
 @ex.main
-def run(_run, sgld_config, input_dim, layer_widths, num_training_data, sampler, device, seed) -> dict:
+def run(_run, sgld_config, input_dim, layer_widths, num_training_data, input_bound, sampler, device, seed) -> dict:
     """True network → data → λ̂ with SGLD or MALA → records."""
     sgld = parse(SGLDConfig, "sgld_config", sgld_config)
     check_setup(sgld)
     dev = resolve_device(device)
     g_teacher, g_data, g_chains = generators(seed, 3)
     teacher = random_mlp(input_dim, layer_widths[:-1], layer_widths[-1], g_teacher).to(dev)
-    x, y = make_data(teacher.cpu(), g_data)
+    x, y = teacher_data(teacher.cpu(), num_training_data, input_dim, input_bound, g_data)
     result = estimate(teacher.to(dev), (x.to(dev), y.to(dev)), sgld, int_seed(g_chains), dev)
     _run.info.update(result.to_dict())
     _run.info.update(sampler=sampler, wall_time_s=result.wall_time,

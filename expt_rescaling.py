@@ -34,13 +34,14 @@ from experiment import (
     is_int,
     is_number,
     log_traces,
+    mse_loss,
     parse,
     progress,
     require,
     save_artifacts,
     sgld_kwargs,
 )
-from models.mlp import MLP, random_mlp
+from models.mlp import MLP, random_mlp, teacher_data
 from sgld import LLCResult, estimate_llc
 
 __all__ = ["PRECONDITIONERS", "ex", "rescale", "rescaling_preconditioner"]
@@ -148,25 +149,6 @@ def check_setup(sgld: SGLDConfig, expt_name, input_dim, layer_widths, num_copies
             f"sgld_config.batch_size must be <= num_training_data={num_training_data}, got {sgld.batch_size}")
 
 
-@ex.capture
-def make_data(teacher: MLP, generator: torch.Generator, input_dim, num_training_data, input_bound):
-    """The n inputs uniform on the box and the true network's outputs.
-
-    Returns:
-        ``(x, y)``.
-    """
-    x = (torch.rand(num_training_data, input_dim, generator=generator) * 2 - 1) * input_bound
-    with torch.no_grad():
-        return x, teacher(x)
-
-
-def mse_loss(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """L = mean over samples and outputs of (f(x) − y)².
-
-    Returns:
-        The scalar loss.
-    """
-    return (output - target).square().mean()
 
 
 @ex.capture
@@ -183,13 +165,14 @@ def estimate(model: MLP, data, sgld: SGLDConfig, seed: int, num_training_data, i
 
 
 @ex.main
-def run(_run, sgld_config, input_dim, layer_widths, num_copies, scale, preconditioner, seed, sgld_seed) -> dict:
+def run(_run, sgld_config, input_dim, layer_widths, num_copies, scale, preconditioner, seed, sgld_seed,
+        num_training_data, input_bound) -> dict:
     """True network → data → rescale by α → λ̂ with the preconditioner → records."""
     sgld = parse(SGLDConfig, "sgld_config", sgld_config)
     check_setup(sgld)
     g_teacher, g_data, g_sgld = generators(seed, 3)
     teacher = random_mlp(input_dim, layer_widths[:1], layer_widths[1], g_teacher, num_copies=num_copies)
-    data = make_data(teacher, g_data)
+    data = teacher_data(teacher, num_training_data, input_dim, input_bound, g_data)
     # With shared noise (sgld_seed None) the rescaling-preconditioned chains are images of each other;
     # a sgld_seed per α makes the factors' estimates independent.
     chain_seed = int_seed(g_sgld) if sgld_seed is None else sgld_seed

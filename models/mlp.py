@@ -9,7 +9,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn as nn
 
-__all__ = ["ACTIVATIONS", "MLP", "random_mlp"]
+__all__ = ["ACTIVATIONS", "MLP", "random_mlp", "teacher_data"]
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {
     "relu": nn.ReLU,
@@ -120,3 +120,27 @@ def random_mlp(
         first.weight[1 : num_copies + 1] = first.weight[0]
         first.bias[1 : num_copies + 1] = first.bias[0]
     return model
+
+
+def teacher_data(teacher: nn.Module, n: int, input_dim: int, bound: float,
+                 generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """n inputs uniform on the box [−bound, bound]^input_dim and the teacher's outputs (realisable data).
+
+    Args:
+        teacher: The true network.
+        n: Number of samples.
+        input_dim: Input dimension.
+        bound: Half-width of the box.
+        generator: Source of the inputs.
+
+    Returns:
+        ``(x, y)`` with y = teacher(x), no gradient.
+
+    Example:
+        >>> x, y = teacher_data(nn.Linear(2, 1), 5, 2, 10.0, torch.Generator().manual_seed(0))
+        >>> x.shape, y.shape, bool(x.abs().max() <= 10)
+        (torch.Size([5, 2]), torch.Size([5, 1]), True)
+    """
+    x = (torch.rand(n, input_dim, generator=generator) * 2 - 1) * bound
+    with torch.no_grad():
+        return x, teacher(x)
