@@ -10,12 +10,11 @@ Adam at 0.01 for 50,000 steps. The same flags always give the same file.
     python gen_commands_expt_dln.py --num_seeds 3 --min_layers 2 --max_layers 4 --min_width 5 --max_width 20
 """
 
-import argparse
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 import numpy as np
 
-from sweep import write_commands
+from sweep import grid_main
 
 __all__ = ["Grid", "make_commands", "main"]
 
@@ -117,23 +116,7 @@ def main(argv: list[str] | None = None) -> list[str]:
     Returns:
         The commands.
     """
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("out", nargs="?", help="file to write, one command per line (default: print)")
-    defaults = Grid()
-    for f in fields(Grid):
-        default = getattr(defaults, f.name)
-        if isinstance(default, bool):
-            parser.add_argument(f"--{f.name}", type=lambda s: s.lower() in ("1", "true", "yes"), default=default,
-                                help=f"default {default}")
-        else:
-            kind = type(default) if default is not None else str
-            kind = int if f.name == "output_dim" else kind
-            parser.add_argument(f"--{f.name}", type=kind, default=default, help=f"default {default}")
-    args = vars(parser.parse_args(argv))
-    out = args.pop("out")
-    commands = make_commands(Grid(**args))
-    write_commands(commands, out)
-    return commands
+    return grid_main(Grid, make_commands, argv, __doc__, types={"output_dim": int})
 
 
 if __name__ == "__main__":

@@ -12,10 +12,9 @@ same file.
         --num_steps 50000 --learning_rate 1e-4 --epsilon 1e-6 --sgld_steps 100 --num_chains 1 --burnin 0   # reference size
 """
 
-import argparse
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
-from sweep import write_commands
+from sweep import grid_main
 
 __all__ = ["Grid", "make_commands", "main"]
 
@@ -97,18 +96,7 @@ def main(argv: list[str] | None = None) -> list[str]:
     Returns:
         The commands.
     """
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("out", nargs="?", help="file to write, one command per line (default: print)")
-    defaults = Grid()
-    for f in fields(Grid):
-        default = getattr(defaults, f.name)
-        kind = type(default) if default is not None else str
-        parser.add_argument(f"--{f.name}", type=kind, default=default, help=f"default {default}")
-    args = vars(parser.parse_args(argv))
-    out = args.pop("out")
-    commands = make_commands(Grid(**args))
-    write_commands(commands, out)
-    return commands
+    return grid_main(Grid, make_commands, argv, __doc__)
 
 
 if __name__ == "__main__":

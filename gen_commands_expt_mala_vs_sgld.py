@@ -10,13 +10,12 @@ both samplers. The same flags always give the same file.
     python gen_commands_expt_mala_vs_sgld.py --max_log10_n 4 --num_sizes 5 --num_steps 1000   # laptop-sized
 """
 
-import argparse
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 import numpy as np
 
 from gen_commands_expt_dln import _with
-from sweep import write_commands
+from sweep import grid_main
 
 __all__ = ["Grid", "main", "make_commands", "sizes"]
 
@@ -97,17 +96,7 @@ def main(argv: list[str] | None = None) -> list[str]:
     Returns:
         The commands.
     """
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("out", nargs="?", help="file to write, one command per line (default: print)")
-    for f in fields(Grid):
-        default = f.default
-        parser.add_argument(f"--{f.name}", type=type(default) if default is not None else str, default=default,
-                            help=f"default {default}")
-    args = vars(parser.parse_args(argv))
-    out = args.pop("out")
-    commands = make_commands(Grid(**args))
-    write_commands(commands, out)
-    return commands
+    return grid_main(Grid, make_commands, argv, __doc__)
 
 
 if __name__ == "__main__":

@@ -11,13 +11,12 @@ The same flags always give the same file.
     python gen_commands_expt_rescaling.py --networks small --num_factors 9 --num_steps 2000   # laptop-sized
 """
 
-import argparse
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 import numpy as np
 
 from gen_commands_expt_dln import _with
-from sweep import write_commands
+from sweep import grid_main
 
 __all__ = ["NETWORKS", "Grid", "main", "make_commands"]
 
@@ -108,18 +107,7 @@ def main(argv: list[str] | None = None) -> list[str]:
     Returns:
         The commands.
     """
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("out", nargs="?", help="file to write, one command per line (default: print)")
-    for f in fields(Grid):
-        default = f.default
-        kind = (lambda v: v.lower() in ("1", "true", "yes")) if isinstance(default, bool) else type(default)
-        parser.add_argument(f"--{f.name}", type=kind if default is not None else str, default=default,
-                            help=f"default {default}")
-    args = vars(parser.parse_args(argv))
-    out = args.pop("out")
-    commands = make_commands(Grid(**args))
-    write_commands(commands, out)
-    return commands
+    return grid_main(Grid, make_commands, argv, __doc__)
 
 
 if __name__ == "__main__":

@@ -42,7 +42,8 @@ import sys
 import time
 import warnings
 from collections import Counter, deque
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, fields
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -70,6 +71,7 @@ __all__ = [
     "run_local",
     "select_lines",
     "submit_slurm",
+    "grid_main",
     "write_commands",
 ]
 
@@ -271,6 +273,42 @@ def write_commands(commands: list[str], out: str | Path | None, *, overwrite: bo
     tmp.write_text(text)
     tmp.replace(path)
     print(f"wrote {note} to {path}", file=sys.stderr)
+
+
+def _flag_bool(text: str) -> bool:
+    return text.lower() in ("1", "true", "yes")
+
+
+def grid_main(grid_cls: type, make_commands: Callable, argv: list[str] | None, description: str | None,
+              types: dict[str, Callable] | None = None) -> list[str]:
+    """The command line of a ``gen_commands_*.py``: one ``--flag`` per grid field, then write the sweep.
+
+    Each field of the ``grid_cls`` dataclass becomes ``--<field>`` with the field's default and type
+    (booleans read "1"/"true"/"yes"; a None default reads a string unless ``types`` names a type).
+
+    Args:
+        grid_cls: The generator's grid dataclass (every field has a default).
+        make_commands: Its pure ``make_commands(grid) -> list[str]``.
+        argv: Command-line arguments without the program name; default ``sys.argv[1:]``.
+        description: The generator's docstring, for ``--help``.
+        types: Flag types that the defaults do not tell, by field name.
+
+    Returns:
+        The commands, also written to OUT (or printed without it) by ``write_commands``.
+    """
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("out", nargs="?", help="file to write, one command per line (default: print)")
+    defaults = grid_cls()
+    for f in fields(grid_cls):
+        default = getattr(defaults, f.name)
+        kind = (types or {}).get(f.name) or (_flag_bool if isinstance(default, bool)
+                                             else type(default) if default is not None else str)
+        parser.add_argument(f"--{f.name}", type=kind, default=default, help=f"default {default}")
+    args = vars(parser.parse_args(argv))
+    out = args.pop("out")
+    commands = make_commands(grid_cls(**args))
+    write_commands(commands, out)
+    return commands
 
 
 # ---- reading runs back from observers ------------------------------------------------------------
