@@ -859,6 +859,24 @@ def _gradient_noise(
     return float(torch.stack(grads).double().var(dim=0).sum(dim=1).mean())
 
 
+def _noise_floor(hessian_trace: float, nbeta: float, dtype: torch.dtype) -> float:
+    r"""Gradient noise below which :math:`\operatorname{tr}\operatorname{Cov}(\nabla L_m)` counts as zero.
+
+    The noise enters ε only through the bias rate :math:`(\operatorname{tr} H + n\beta^2
+    \operatorname{tr}\operatorname{Cov})/8`. A noise term smaller than the float resolution of the
+    parameters' dtype (float32: 1.2e-7) relative to :math:`\operatorname{tr} H` cannot change that sum
+    at the precision the model computes in; it is rounding residue, not noise. For noise-free data
+    the measured value is 0.0 on one CPU and 6e-17 on another (summation order differs between BLAS
+    builds): both sit many orders of magnitude below this floor, so both take the same path.
+    """
+    return torch.finfo(dtype).eps * abs(hessian_trace) / nbeta**2
+
+
+def _above_floor(noise: float, floor: float) -> float:
+    """``noise``, or exactly 0.0 when it is at or below ``floor`` (see :func:`_noise_floor`)."""
+    return noise if noise > floor else 0.0
+
+
 def _hessian_trace_at(
     potential: _Potential, data: _Data, nbeta: float, gamma: float, generator: torch.Generator, w: Tensor,
     num_samples: int = 4096, num_probes: int = 16,
@@ -918,9 +936,11 @@ def _calibrate(
                       stacklevel=3)
         a_max = trace = float("nan")
     a_used, trace_used, source_key = _usable_curvature(a_max, trace, nbeta, gamma)
-    grad_noise = _gradient_noise(potential, source, chains.batch_size, gen)
-    if not math.isfinite(grad_noise):
-        grad_noise = 0.0  # NaN/inf minibatch gradients at w* carry no usable scale; the acceptance guards
+    grad_noise_measured = _gradient_noise(potential, source, chains.batch_size, gen)
+    if not math.isfinite(grad_noise_measured):
+        grad_noise_measured = 0.0  # NaN/inf minibatch gradients at w* carry no usable scale; the acceptance guards
+    noise_floor = _noise_floor(trace_used, nbeta, potential.w_star.dtype)
+    grad_noise = _above_floor(grad_noise_measured, noise_floor)
     eps_stable = max_stiffness / a_used
     # The bias rate (predicted bias of lambdahat per unit ε) uses the largest tr H and gradient noise
     # seen, at w* and at the warmed-up chains' states: away from w* both can be far larger (a reduced
@@ -942,7 +962,7 @@ def _calibrate(
             tr_here = float("nan")
         checks[-1].update(gradient_noise=noise, hessian_trace=tr_here)
         if math.isfinite(noise):
-            seen["gradient_noise"] = max(seen["gradient_noise"], noise)
+            seen["gradient_noise"] = max(seen["gradient_noise"], _above_floor(noise, noise_floor))
         if math.isfinite(tr_here):
             seen["hessian_trace"] = max(seen["hessian_trace"], tr_here)
 
@@ -1011,6 +1031,8 @@ def _calibrate(
         hessian_trace_used=trace_used,
         curvature_source=_CURVATURE_SOURCES[source_key],
         gradient_noise=grad_noise,
+        gradient_noise_measured=grad_noise_measured,
+        gradient_noise_floor=noise_floor,
         gradient_noise_used=seen["gradient_noise"],
         hessian_trace_seen=seen["hessian_trace"],
         nan_gradient_taken_as_zero=potential.nan_grad_to_zero,
@@ -1094,7 +1116,12 @@ def calibrate_epsilon(
     * zero or non-finite curvature (a Hessian that vanishes at a singular point with γ = 0; a NaN
       gradient at :math:`w^*`; a model ``torch.func`` cannot differentiate twice): the guess
       :math:`a = n\beta + \gamma` (an O(1) curvature per sample), and the acceptance search decides;
-    * zero gradient noise (full batch, or a loss that ignores the data): only the curvature term;
+    * zero gradient noise (full batch, a loss that ignores the data, noise-free realisable data):
+      only the curvature term. "Zero" is "too small to change the bias rate in the parameters'
+      dtype": :math:`n\beta^2 \operatorname{tr}\operatorname{Cov} \le u \operatorname{tr} H`, u the
+      float resolution (float32: 1.2e-7). Below that, the measured value is rounding residue
+      (0.0 on one CPU, 6e-17 on another) and is recorded as ``gradient_noise_measured`` while
+      ``gradient_noise`` is 0.0 on every machine;
     * a gradient that is NaN at :math:`w^*` while the loss is finite (autograd's 0·∞ for factors
       like :math:`w^0` at 0): NaN entries are taken as 0 in every step (``nan_gradient_taken_as_zero``);
     * a loss that is NaN or infinite at :math:`w^*`: ``ValueError`` naming the parameters involved.
@@ -1122,7 +1149,8 @@ def calibrate_epsilon(
     Returns:
         A dict with ``epsilon`` and what it was derived from: ``a_max``, ``hessian_trace`` (as
         measured), ``curvature_used``, ``hessian_trace_used``, ``curvature_source``,
-        ``gradient_noise`` (:math:`\operatorname{tr}\operatorname{Cov}`), ``lambda_ref``,
+        ``gradient_noise`` (:math:`\operatorname{tr}\operatorname{Cov}`, 0.0 at or below
+        ``gradient_noise_floor``), ``gradient_noise_measured``, ``lambda_ref``,
         ``pilot_lambdahat``, ``pilot_mala_acceptance`` (at the final ε), every check in ``checks``,
         ``predicted_relative_bias``, ``limited_by``, ``calibration_steps`` (per chain),
         ``calibration_seconds`` and the ``rule``.

@@ -130,7 +130,11 @@ def test_zero_gradient_noise_and_full_batch():
     for batch_size in (50, None):
         res = estimate_llc(model, model.loss_fn, toy_data(1000), epsilon="auto", num_steps=2000,
                            num_burnin_steps=200, batch_size=batch_size, seed=0)
-        assert res.epsilon_calibration["gradient_noise"] == 0.0
+        cal = res.epsilon_calibration
+        # A loss that ignores the data has no noise; whatever rounding leaves is below the floor,
+        # and the recorded noise is then exactly 0.0 by rule (not by arithmetic) on every machine.
+        assert cal["gradient_noise_measured"] <= cal["gradient_noise_floor"]
+        assert cal["gradient_noise"] == 0.0 and cal["gradient_noise_used"] == 0.0
         assert res.lambdahat == pytest.approx(2.0, rel=0.08)
     assert res.full_batch and res.batch_size == 1000 and res.to_dict()["full_batch"] is True
 

@@ -161,7 +161,10 @@ def test_linear_realisable_lambdahat_matches_the_exact_gaussian_value():
     for row in run.info["checkpoints"]:
         assert row["llc/mean"] == pytest.approx(exact, rel=0.04), row
         assert row["llc/rhat"] < 1.1
-    assert run.info["init_loss"] == 0.0
+    # Realisable: the targets are the network's own outputs, so L_n(w*) is zero up to float32 rounding
+    # of O(1) outputs (≲ 1e-13 squared); the targets and this loss may be computed in batches of
+    # different shapes, whose matmuls can round differently on another CPU.
+    assert run.info["init_loss"] == pytest.approx(0.0, abs=1e-10)
 
 
 @pytest.mark.parametrize("updates, error, match", [

@@ -377,7 +377,12 @@ def test_auto_epsilon_accounts_for_gradient_noise():
     noisy = rrr_data(model, 100_000, noise_std=1.0, seed=1)
     cal_clean = calibrate_epsilon(model, model.loss_fn, clean, batch_size=256, pilot_steps=200)
     cal_noisy = calibrate_epsilon(model, model.loss_fn, noisy, batch_size=256, pilot_steps=200)
-    assert cal_clean["gradient_noise"] == 0.0 and cal_noisy["gradient_noise"] > 0
+    # Noise-free data: the measured tr Cov is rounding residue (0.0 on one CPU, 6e-17 on another),
+    # far below the documented floor, so calibration takes the curvature-only path on every machine.
+    # The floor is a rule, not a tolerance: noise at the floor changes the bias rate by one float32 ulp.
+    assert cal_clean["gradient_noise_measured"] <= cal_clean["gradient_noise_floor"]
+    assert cal_clean["gradient_noise"] == 0.0  # set by the rule, not computed: exact on every machine
+    assert cal_noisy["gradient_noise"] > 1e6 * cal_noisy["gradient_noise_floor"]
     assert cal_noisy["epsilon"] < cal_clean["epsilon"] / 3
     assert cal_noisy["limited_by"] == "bias"
 
