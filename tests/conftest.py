@@ -1,11 +1,14 @@
-"""Shared fixtures: a few real Sacred runs, stored by both a file and a Mongo observer."""
+"""Shared fixtures: a few real Sacred runs, stored by both a file and a Mongo observer; a SLURM cluster."""
 
 from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
+import tempfile
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,6 +19,7 @@ import pymongo
 import pytest
 from sacred import Experiment
 from sacred.observers import FileStorageObserver, MongoObserver
+from slurm_cluster import missing, start, stop
 
 import expt_dln
 
@@ -131,3 +135,37 @@ def sacred_runs(tmp_path_factory: pytest.TempPathFactory) -> SacredRuns:
         curve_dir=curve_dir,
         curve_run=curve_run,
     )
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark every test that uses the SLURM cluster `slurm`, so that `-m "not slurm"` leaves it out."""
+    for item in items:
+        if "slurm_env" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.slurm)
+
+
+@pytest.fixture(scope="session")
+def slurm_env() -> Iterator[dict[str, str]]:
+    """Environment whose SLURM_CONF points at a freshly started single-node cluster; stopped afterwards.
+
+    The tests install nothing: `make slurm` installs slurm-wlm and munge (CI's `.ci/run` calls it).
+    Without them a test skips naming that command, except under CI (`CI=true`), where a missing
+    SLURM is a failure, so that the SLURM tests cannot silently stop running.
+
+    Yields:
+        os.environ plus SLURM_CONF.
+    """
+    reason = missing()
+    if reason:
+        message = f"cannot start a SLURM cluster: {reason}"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message + " (CI=true: the SLURM tests must run in CI)")
+        pytest.skip(message)
+    root = Path(tempfile.mkdtemp(prefix="slurm-ci-"))
+    root.chmod(0o755)  # munged, running as user munge, must reach its socket folder inside
+    try:
+        conf = start(root)
+        yield dict(os.environ, SLURM_CONF=str(conf))
+    finally:
+        stop(root)
+        shutil.rmtree(root, ignore_errors=True)

@@ -1,15 +1,17 @@
 """A throwaway single-node SLURM cluster on localhost, for tests and for trying `job.slurm` by hand.
 
-`start(root)` installs Debian's `slurm-wlm` and `munge` with apt-get when their daemons are
-missing, writes a munge key and a `slurm.conf` (one node with this machine's CPUs and memory,
-one partition) under `root`, and starts `munged` as user munge and `slurmctld` and `slurmd` as
-root, all in the foreground of their own sessions, so that their process ids are known.
-`stop(root)` ends exactly those processes. Nothing outside `root` is written, apart from the
-apt-get installation; client commands find the cluster through `SLURM_CONF`.
+`install()` (run by `make slurm`, once per machine) installs Debian's `slurm-wlm` and `munge`
+with apt-get when their programs are missing; it is the only step that changes the system, and
+the tests never run it. `start(root)` writes a munge key and a `slurm.conf` (one node with this
+machine's CPUs and memory, one partition) under `root`, and starts `munged` as user munge and
+`slurmctld` and `slurmd` as root, all in the foreground of their own sessions, so that their
+process ids are known. `stop(root)` ends exactly those processes. Nothing outside `root` is
+written; client commands find the cluster through `SLURM_CONF`.
 
 The configuration avoids what a container lacks: no cgroups (`proctrack/linuxproc`, `task/none`),
 no accounting daemon (`accounting_storage/none`, so `sacct` reports that accounting is disabled).
 
+    python tests/slurm_cluster.py install               # what `make slurm` runs (root, apt-get)
     python tests/slurm_cluster.py start /tmp/slurm-ci   # prints `export SLURM_CONF=...`
     python tests/slurm_cluster.py stop /tmp/slurm-ci
 
@@ -27,36 +29,40 @@ import sys
 import time
 from pathlib import Path
 
-__all__ = ["PARTITION", "can_install", "ensure_installed", "start", "stop"]
+__all__ = ["PARTITION", "install", "missing", "start", "stop"]
 
 PARTITION = "debug"
 DAEMONS = ("munged", "slurmctld", "slurmd")  # started in this order, stopped in reverse
 PACKAGES = ("slurm-wlm", "munge")
+PROGRAMS = (*DAEMONS, "sbatch", "squeue", "scontrol", "sinfo")
 
 
-def can_install() -> str | None:
-    """Return why the cluster cannot be set up here, or None if it can.
+def missing() -> str | None:
+    """Return why a cluster cannot be started here, or None if it can.
 
     Returns:
-        A reason such as "not root" when this process cannot run apt-get or the daemons.
+        A reason that names the command to fix it, or None when the programs are installed and
+        this process is root.
     """
+    absent = [p for p in PROGRAMS if shutil.which(p) is None]
+    if absent:
+        return f"{', '.join(absent)} not installed; run `make slurm` (as root) to install slurm-wlm and munge"
     if os.geteuid() != 0:
-        return "not running as root (apt-get, munged and slurmd need root)"
-    if all(shutil.which(d) for d in DAEMONS + ("sbatch",)):
-        return None
-    if shutil.which("apt-get") is None:
-        return "slurm-wlm and munge are not installed and there is no apt-get to install them"
+        return "not running as root (munged and slurmd need root)"
     return None
 
 
-def ensure_installed() -> None:
-    """Install slurm-wlm and munge with apt-get unless their programs are already on PATH.
+def install() -> None:
+    """Install slurm-wlm and munge with apt-get unless their programs are already on PATH (idempotent).
 
     Raises:
-        RuntimeError: apt-get failed; the message holds the end of its output.
+        RuntimeError: Not root, no apt-get, or apt-get failed; the message holds the end of its output.
     """
-    if all(shutil.which(d) for d in DAEMONS + ("sbatch", "squeue")):
+    if all(shutil.which(p) for p in PROGRAMS):
         return
+    if os.geteuid() != 0 or shutil.which("apt-get") is None:
+        raise RuntimeError("installing slurm-wlm and munge needs root and apt-get (Debian/Ubuntu); "
+                           "install them with your system's package manager instead")
     env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
     for cmd in (
         ["apt-get", "update", "-q"],
@@ -175,7 +181,7 @@ def _node_idle(conf: Path) -> bool:
 
 
 def start(root: Path) -> Path:
-    """Install if needed and start munged, slurmctld and slurmd with their state under `root`.
+    """Start munged, slurmctld and slurmd with their state under `root` (installed by `install`).
 
     Args:
         root: An empty or missing folder outside any folder that user munge cannot enter.
@@ -184,9 +190,12 @@ def start(root: Path) -> Path:
         The slurm.conf path; point `SLURM_CONF` at it for sbatch, squeue and friends.
 
     Raises:
-        RuntimeError: A daemon did not come up; the message holds the ends of their logs.
+        RuntimeError: SLURM is missing (see `missing`), or a daemon did not come up; the message
+            holds the ends of their logs.
     """
-    ensure_installed()
+    reason = missing()
+    if reason:
+        raise RuntimeError(f"cannot start a SLURM cluster: {reason}")
     root = Path(root).resolve()
     for d in ("state", "spool", "log", "munge"):
         (root / d).mkdir(parents=True, exist_ok=True)
@@ -256,17 +265,25 @@ def _alive(pid: int) -> bool:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Command-line entry point: `start ROOT` or `stop ROOT`.
+    """Command-line entry point: `install`, `start ROOT` or `stop ROOT`.
 
     Args:
         argv: Arguments without the program name; defaults to sys.argv[1:].
     """
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("action", choices=["start", "stop"])
-    parser.add_argument("root", type=Path, help="folder for the cluster's config, state and logs")
+    parser.add_argument("action", choices=["install", "start", "stop"])
+    parser.add_argument("root", type=Path, nargs="?", help="folder for the cluster's config, state and logs")
     args = parser.parse_args(argv)
+    if args.action == "install":
+        try:
+            install()
+        except RuntimeError as err:
+            sys.exit(str(err))
+        return
+    if args.root is None:
+        parser.error(f"{args.action} needs ROOT, the cluster's folder")
     if args.action == "start":
-        reason = can_install()
+        reason = missing()
         if reason:
             sys.exit(f"cannot start a SLURM cluster here: {reason}")
         print(f"export SLURM_CONF={start(args.root)}")

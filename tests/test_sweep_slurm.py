@@ -1,19 +1,16 @@
 """A sweep of expt_dln.py on a real single-node SLURM cluster, through sweep.py and job.slurm.
 
-The module fixture starts the cluster with tests/slurm_cluster.py, which installs Debian's
-slurm-wlm and munge with apt-get when they are missing. It skips only where that is impossible
-(not root, or no apt-get); a cluster that fails to start is an error. Run with `-s` to see the
-squeue and job-state lines of the submitted sweep.
+The `slurm_env` fixture (tests/conftest.py) starts the cluster with tests/slurm_cluster.py;
+`make slurm` installs slurm-wlm and munge first. Without them the test skips naming that
+command, or fails under CI=true; a cluster that fails to start is an error. Run with `-s` to
+see the squeue and job-state lines of the submitted sweep.
 """
 
 import json
 import math
-import os
 import re
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -40,22 +37,6 @@ LINES = [
     f"{EXPT} sgld_config.epsilon=1e-4 no_such_key=1 seed=4",
 ]
 FAILED_RUN, NO_RUN = 3, 5
-
-
-@pytest.fixture(scope="module")
-def slurm_env() -> dict[str, str]:
-    """Environment whose SLURM_CONF points at a freshly started cluster; stopped afterwards."""
-    reason = slurm_cluster.can_install()
-    if reason:
-        pytest.skip(f"cannot start a SLURM cluster: {reason}")
-    root = Path(tempfile.mkdtemp(prefix="slurm-ci-"))
-    root.chmod(0o755)  # munged, running as user munge, must reach its socket folder inside
-    try:
-        conf = slurm_cluster.start(root)
-        yield dict(os.environ, SLURM_CONF=str(conf))
-    finally:
-        slurm_cluster.stop(root)
-        shutil.rmtree(root, ignore_errors=True)
 
 
 def run(argv: list[str], cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
