@@ -146,7 +146,12 @@ class HessianOperator:
         return tuple((t.data_ptr(), t._version) for t in (*self.params, *self.batches[0]))
 
     def _gradient_graph(self, xb: Tensor, yb: Tensor) -> Tensor | None:
-        """(|B|/n) ∇ℓ_B(w), flat, with its graph; None where it does not depend on w (zero Hessian)."""
+        """(|B|/n) ∇ℓ_B(w), flat, with its graph.
+
+        Returns:
+            The flat (d,) gradient, built with ``create_graph=True``; None where it does not depend on w
+            (zero Hessian).
+        """
         with torch.enable_grad():
             loss = self.loss_fn(self.model(xb), yb) * (len(xb) / self.num_data)
             grad = self._flat(torch.autograd.grad(loss, self.params, create_graph=True, allow_unused=True,
@@ -183,7 +188,12 @@ class HessianOperator:
         return out.reshape(v.shape)
 
     def to_scipy(self, dtype=np.float64) -> LinearOperator:
-        """H as a ``scipy.sparse.linalg.LinearOperator`` (numpy in ``dtype``, products in H's dtype and device)."""
+        """H as a ``scipy.sparse.linalg.LinearOperator`` (numpy in ``dtype``, products in H's dtype and device).
+
+        Returns:
+            A (d, d) ``LinearOperator`` whose products (matvec, matmat and their adjoints, H being
+            symmetric) call ``H @``.
+        """
 
         def matmat(m: np.ndarray) -> np.ndarray:
             prod = self @ torch.from_numpy(np.ascontiguousarray(m)).to(self.device, self.dtype)
@@ -247,7 +257,11 @@ class _Blocked:
 
 
 def flat_params(model: nn.Module) -> Tensor:
-    """The trainable parameters as one detached vector, in the operator's order."""
+    """The trainable parameters as one detached vector, in the operator's order.
+
+    Returns:
+        The flat (d,) vector w: the parameters with ``requires_grad``, in ``model.parameters()`` order.
+    """
     return torch.cat([p.detach().reshape(-1) for p in model.parameters() if p.requires_grad])
 
 
@@ -263,7 +277,11 @@ class TraceEstimate:
     num_probes: int
 
     def to_dict(self) -> dict:
-        """``{"estimate", "std_error", "num_probes"}``."""
+        """The estimate as a dict.
+
+        Returns:
+            ``{"estimate", "std_error", "num_probes"}``.
+        """
         return asdict(self)
 
 
@@ -328,7 +346,11 @@ class SpectralDensity:
         return float(per_probe.mean()), float(se)
 
     def density(self, grid: np.ndarray, sigma: float) -> np.ndarray:
-        """p(λ) on ``grid``, each node a Gaussian of width ``sigma``, averaged over probes."""
+        """p(λ) on ``grid``, each node a Gaussian of width ``sigma``, averaged over probes.
+
+        Returns:
+            The density at each point of the 1-D ``grid``, an array of the same length.
+        """
         ok = np.isfinite(self.nodes)
         nodes, weights = self.nodes[ok], self.weights[ok]
         bumps = np.exp(-0.5 * ((grid[:, None] - nodes[None, :]) / sigma) ** 2) / (sigma * math.sqrt(2 * math.pi))
@@ -466,7 +488,11 @@ def full_hessian(H, *, block: int = HVP_BLOCK) -> Tensor:
 
 
 def hessian_eigvalsh(H) -> Tensor:
-    """All eigenvalues of H, ascending (float64, from ``full_hessian``)."""
+    """All eigenvalues of H, ascending (float64, from ``full_hessian``).
+
+    Returns:
+        The (d,) eigenvalues of the dense H, in ascending order.
+    """
     return torch.linalg.eigvalsh(full_hessian(H))
 
 
@@ -518,7 +544,11 @@ class RankResult:
     sketch_size: int | None = None
 
     def to_dict(self) -> dict:
-        """All fields, JSON-ready."""
+        """All fields, JSON-ready.
+
+        Returns:
+            A dict with one entry per field.
+        """
         return asdict(self)
 
 
@@ -612,7 +642,7 @@ def flat_function(model: nn.Module, x: Tensor) -> tuple[Tensor, Callable[[Tensor
 
     def forward(w: Tensor) -> Tensor:
         chunks = w.split(sizes)
-        return functional_call(model, {k: c.view(s) for k, c, s in zip(names, chunks, shapes)}, (x,))
+        return functional_call(model, {k: c.view(s) for k, c, s in zip(names, chunks, shapes, strict=True)}, (x,))
 
     return torch.cat([p.reshape(-1) for p in params]), forward
 
@@ -644,7 +674,14 @@ def functional_rank(model: nn.Module, x: Tensor) -> tuple[dict, np.ndarray]:
 
 
 def magnitude_mask(w: Tensor, k: int) -> Tensor:
-    """Indices of the k entries of w with the largest |w_i| (the pruning mask M, as indices)."""
+    """Indices of the k entries of w with the largest |w_i| (the pruning mask M, as indices).
+
+    Returns:
+        The (k,) indices into w, largest |w_i| first.
+
+    Raises:
+        ValueError: If k is not in [1, w.numel()].
+    """
     if not 1 <= k <= w.numel():
         raise ValueError(f"k must be in [1, {w.numel()}], got {k}")
     return torch.topk(w.abs(), k).indices
@@ -654,6 +691,9 @@ def principal_angles(a: Tensor, b: Tensor) -> Tensor:
     """Principal angles θ between span a and span b (orthonormal columns), ascending, in [0, π/2].
 
     cos θ_i are the singular values of aᵀb (Björck & Golub 1973).
+
+    Returns:
+        The angles θ in radians (float64), one per singular value of aᵀb, ascending.
     """
     cos = torch.linalg.svdvals(a.double().T @ b.double()).clamp(0.0, 1.0)
     return torch.arccos(cos)
@@ -755,7 +795,11 @@ class Quadratic(nn.Module):
 
     @staticmethod
     def loss_fn(output: Tensor, target: Tensor) -> Tensor:
-        """The potential's value (the output ignores the data)."""
+        """The potential's value (the output ignores the data).
+
+        Returns:
+            The mean of ``output`` over the batch, a scalar.
+        """
         return output.mean()
 
     def forward(self, x: Tensor) -> Tensor:  # noqa: D102 - L(w) for each sample

@@ -158,7 +158,11 @@ class Data:
 
 
 def default_data_dir() -> Path:
-    """``$LLC_DATA_DIR`` if set, else ``./data``."""
+    """``$LLC_DATA_DIR`` if set, else ``./data``.
+
+    Returns:
+        The data folder (relative paths are relative to the working directory).
+    """
     return Path(os.environ.get(DATA_DIR_ENV) or "data")
 
 
@@ -260,7 +264,12 @@ def _normalise(base: str, x: Tensor) -> Tensor:
 
 
 def _read(base: str, data_dir: Path, download: bool, total: int | None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Raw (x_train, labels_train, x_test, labels_test) of a base set, labels as long tensors."""
+    """Raw (x_train, labels_train, x_test, labels_test) of a base set, labels as long tensors.
+
+    Returns:
+        ``(x_train, labels_train, x_test, labels_test)``: inputs as stored (not yet normalised for CIFAR-10
+        and MNIST), labels as long tensors.
+    """
     if base == "digits":
         return _digits()
     if base == "mnist1d":
@@ -276,7 +285,11 @@ def _read(base: str, data_dir: Path, download: bool, total: int | None) -> tuple
 
 
 def _check_files(base: str, data_dir: Path) -> None:
-    """One clear error naming the first file that is missing and how to get the data."""
+    """One clear error naming the first file that is missing and how to get the data.
+
+    Raises:
+        FileNotFoundError: If ``data_dir`` does not exist or a file of the base set is missing.
+    """
     if base == "cifar10":
         folder, files, ok = data_dir / "cifar-10-batches-py", _CIFAR_FILES, Path.is_file
     else:
@@ -353,7 +366,14 @@ def _mnist_class():
 
 
 def _read_idx(path: Path, reader) -> Tensor:
-    """Torchvision's idx reader on ``path``, or on ``path.gz`` decompressed to a private temporary file."""
+    """Torchvision's idx reader on ``path``, or on ``path.gz`` decompressed to a private temporary file.
+
+    Returns:
+        The tensor that ``reader`` returns.
+
+    Raises:
+        ValueError: If the file cannot be read (see ``_malformed``), chained to the reader's error.
+    """  # noqa: DOC501 - ruff reads the factory _malformed as the exception; it builds the ValueError above
     source = path if path.is_file() else path.with_name(path.name + ".gz")
     try:
         if source is path:
@@ -386,7 +406,11 @@ def _digits() -> tuple[Tensor, Tensor, Tensor, Tensor]:
 
 @functools.lru_cache(maxsize=2)
 def _mnist1d(num_samples: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """MNIST-1D with the package's default arguments; 4/5 train as in the package, or more samples."""
+    """MNIST-1D with the package's default arguments; 4/5 train as in the package, or more samples.
+
+    Returns:
+        ``(x_train, labels_train, x_test, labels_test)``: inputs float32, labels long.
+    """
     from mnist1d.data import get_dataset_args, make_dataset
 
     args = get_dataset_args()

@@ -89,12 +89,20 @@ def require(ok: bool, message: str) -> None:
 
 
 def is_int(v: object) -> bool:
-    """True for an int that is not a bool (``True`` is no step count)."""
+    """True for an int that is not a bool (``True`` is no step count).
+
+    Returns:
+        Whether ``v`` is an int and not a bool.
+    """
     return isinstance(v, int) and not isinstance(v, bool)
 
 
 def is_number(v: object) -> bool:
-    """True for a finite int or float that is not a bool."""
+    """True for a finite int or float that is not a bool.
+
+    Returns:
+        Whether ``v`` is a finite int or float and not a bool.
+    """
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
@@ -158,7 +166,12 @@ class SGLDConfig:
 
 
 def sgld_kwargs(sgld: SGLDConfig) -> dict[str, Any]:
-    """The keyword arguments of ``sgld.estimate_llc`` that ``sgld_config`` sets."""
+    """The keyword arguments of ``sgld.estimate_llc`` that ``sgld_config`` sets.
+
+    Returns:
+        ``epsilon``, ``gamma``, ``num_steps``, ``num_chains``, ``batch_size`` and ``num_burnin_steps``
+        from ``sgld``, by name.
+    """
     return dict(epsilon=sgld.epsilon, gamma=sgld.gamma, num_steps=sgld.num_steps, num_chains=sgld.num_chains,
                 batch_size=sgld.batch_size, num_burnin_steps=sgld.num_burnin_steps)
 
@@ -255,7 +268,11 @@ def resolve_device(device: str) -> torch.device:
 
 
 def device_info(device: torch.device) -> dict[str, str]:
-    """``{"device": "cuda:0", "device_name": "NVIDIA H200"}`` (the CPU's name is its architecture)."""
+    """``{"device": "cuda:0", "device_name": "NVIDIA H200"}`` (the CPU's name is its architecture).
+
+    Returns:
+        The device (``cuda:<i>``, the current GPU when no index is given, or ``cpu``) and its name.
+    """
     if device.type == "cuda":
         index = device.index if device.index is not None else torch.cuda.current_device()
         return {"device": f"cuda:{index}", "device_name": torch.cuda.get_device_name(index)}
@@ -267,6 +284,9 @@ def device_info(device: torch.device) -> dict[str, str]:
 def generators(seed: int, count: int) -> list[torch.Generator]:
     """``count`` independent CPU torch generators from Sacred's root seed via ``np.random.SeedSequence``.
 
+    Returns:
+        ``count`` generators, seeded from the children that ``SeedSequence(seed).spawn(count)`` gives.
+
     Example:
         >>> a, b = generators(0, 2)
         >>> bool(torch.rand(1, generator=a) != torch.rand(1, generator=b))
@@ -277,12 +297,20 @@ def generators(seed: int, count: int) -> list[torch.Generator]:
 
 
 def int_seed(g: torch.Generator) -> int:
-    """A seed in [0, 2⁶²) drawn from ``g``, for code that takes an int seed (``estimate_llc``)."""
+    """A seed in [0, 2⁶²) drawn from ``g``, for code that takes an int seed (``estimate_llc``).
+
+    Returns:
+        The seed, an int in [0, 2⁶²).
+    """
     return int(torch.randint(0, 2**62, (1,), generator=g))
 
 
 def progress(verbose: bool) -> bool:
-    """Show progress bars when asked, or whenever stderr is a terminal."""
+    """Show progress bars when asked, or whenever stderr is a terminal.
+
+    Returns:
+        Whether to show progress bars: ``verbose``, or stderr is a terminal.
+    """
     return verbose or sys.stderr.isatty()
 
 
@@ -290,7 +318,11 @@ def progress(verbose: bool) -> bool:
 
 
 def thin(num_steps: int) -> range:
-    """At most ``MAX_POINTS_PER_METRIC`` evenly spaced steps of ``range(num_steps)``."""
+    """At most ``MAX_POINTS_PER_METRIC`` evenly spaced steps of ``range(num_steps)``.
+
+    Returns:
+        ``range(0, num_steps, stride)``, stride ⌈num_steps / ``MAX_POINTS_PER_METRIC``⌉ (at least 1).
+    """
     return range(0, num_steps, max(1, math.ceil(num_steps / MAX_POINTS_PER_METRIC)))
 
 

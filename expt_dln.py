@@ -1,4 +1,4 @@
-"""λ̂ versus the true λ of deep linear networks (Furman & Lau 2024, §4), as a Sacred experiment.
+r"""λ̂ versus the true λ of deep linear networks (Furman & Lau 2024, §4), as a Sacred experiment.
 
 A teacher DLN w* is drawn (``true_param_config.method``), realisable data y = W* x are generated on
 the fly, and the LLC is estimated at w* with SGLD and compared with Aoyagi's λ for rank W*
@@ -16,12 +16,12 @@ Without ``-F``/``-m`` (or another observer flag) the run is stored under ``outpu
 (``outputs/dln/`` when ``expt_name`` is None). Every key of the reference experiment is accepted,
 e.g. the reference README's command::
 
-    python expt_dln.py -F outputs/readme with expt_name=x num_training_data=1000000 \\
-        layer_widths='[259, 286, 885, 235, 204, 274, 252]' input_dim=185 \\
-        true_param_config.method='rand_rank' true_param_config.prop_rank_reduce=0.5 \\
-        sgld_config.epsilon=2e-07 sgld_config.num_steps=20000 sgld_config.gamma=1.0 \\
-        sgld_config.batch_size=500 do_training=True training_config.optim='sgd' \\
-        training_config.learning_rate=0.01 training_config.batch_size=500 \\
+    python expt_dln.py -F outputs/readme with expt_name=x num_training_data=1000000 \
+        layer_widths='[259, 286, 885, 235, 204, 274, 252]' input_dim=185 \
+        true_param_config.method='rand_rank' true_param_config.prop_rank_reduce=0.5 \
+        sgld_config.epsilon=2e-07 sgld_config.num_steps=20000 sgld_config.gamma=1.0 \
+        sgld_config.batch_size=500 do_training=True training_config.optim='sgd' \
+        training_config.learning_rate=0.01 training_config.batch_size=500 \
         training_config.num_steps=50000 do_functional_rank=False do_hessian_trace=False seed=1
 
 Recorded in the run's info: every field of ``LLCResult.to_dict()`` (λ̂, its spread, per-chain and
@@ -203,10 +203,10 @@ def check_setup(
     for name, m in (("sgld_config", sgld.batch_size), ("training_config", training.batch_size)):
         require(m <= num_training_data, f"{name}.batch_size must be <= num_training_data={num_training_data}, got {m}")
     dims = [input_dim, *layer_widths]
-    d = sum(a * b for a, b in zip(dims[:-1], dims[1:]))
+    d = sum(a * b for a, b in zip(dims[:-1], dims[1:], strict=True))
     for key, k in (("do_top_eigs", do_top_eigs), ("do_mask_overlap", do_mask_overlap)):
         require(is_int(k) and 0 <= k < d, f"{key} must be an int in [0, d={d}) (0 = off), got {k!r}")
-    entries = num_test_data * layer_widths[-1] * sum(a * b for a, b in zip(dims[:-1], dims[1:]))
+    entries = num_test_data * layer_widths[-1] * sum(a * b for a, b in zip(dims[:-1], dims[1:], strict=True))
     require(not do_functional_rank or entries <= MAX_JACOBIAN_ENTRIES,
             f"do_functional_rank needs a {num_test_data * layer_widths[-1]} x d Jacobian ({entries:.3g} entries > "
             f"{MAX_JACOBIAN_ENTRIES:.0e}); lower num_test_data or set do_functional_rank=False")
@@ -374,7 +374,11 @@ def _print_summary(result: LLCResult, truth: dict, label: str = "w*") -> None:
 def run(_run, sgld_config, true_param_config, training_config, num_training_data, num_test_data, input_dist,
         do_training, do_compute_distance, do_functional_rank, do_hessian_trace, do_top_eigs, do_mask_overlap,
         save_true_param, seed, device) -> dict:
-    """Device → teacher → data → λ̂(w*) [→ trained student → λ̂] → diagnostics → records."""
+    """Device → teacher → data → λ̂(w*) [→ trained student → λ̂] → diagnostics → records.
+
+    Returns:
+        ``{"lambdahat", "lambdahat_std", "true_lambda"}`` at the teacher w*.
+    """
     sgld = parse(SGLDConfig, "sgld_config", sgld_config)
     teacher_cfg = parse(TrueParamConfig, "true_param_config", true_param_config)
     training = parse(TrainingConfig, "training_config", training_config)

@@ -18,7 +18,7 @@ training loss, and its λ is Aoyagi's λ at r = rank W(w_t).
 
 and the reference README's command (MongoDB observer; its network needs a GPU)::
 
-    python expt_dln_saddle_dynamics.py -m HOST:27017:DB with expt_name=NAME width=500 seed=42 \\
+    python expt_dln_saddle_dynamics.py -m HOST:27017:DB with expt_name=NAME width=500 seed=42 \
         training_config.num_steps=50000 logging_period=100
 
 Logged as Sacred metrics at each logging step t (``logging_period`` apart, ``num_logging_points``
@@ -153,6 +153,9 @@ def study():
 def teacher_matrix(in_out_dim: int) -> torch.Tensor:
     """W* = 10·diag(1, …, D), the reference's teacher (distinct singular values 10, 20, …, 10D).
 
+    Returns:
+        The (D, D) float32 matrix W*.
+
     Example:
         >>> teacher_matrix(3).diagonal().tolist()
         [10.0, 20.0, 30.0]
@@ -260,6 +263,9 @@ def align_hidden_bases(matrices: list[torch.Tensor]) -> list[torch.Tensor]:
     up to that rotation, nor λ. After it, the learned directions of a (near-balanced) DLN sit on
     coordinates, so a per-entry step-size scaling can tell stiff entries from flat ones.
 
+    Returns:
+        The rotated [W₁, …, W_N], float64 copies on the CPU.
+
     Example:
         >>> ws = [torch.randn(3, 5), torch.randn(3, 3), torch.randn(5, 3)]
         >>> aligned = align_hidden_bases(ws)
@@ -294,7 +300,11 @@ class CurvatureScaledDLN(torch.nn.Module):
             self.register_buffer(f"scale{k}", s.float())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """f(x) = W_N ⋯ W₁ x for a batch of rows x."""
+        """f(x) = W_N ⋯ W₁ x for a batch of rows x.
+
+        Returns:
+            The outputs, one row per row of x.
+        """
         for k, theta in enumerate(self.theta):
             x = x @ (getattr(self, f"scale{k}") * theta).T
         return x
@@ -515,7 +525,11 @@ def make_figure(curve: pd.DataFrame, in_out_dim, width, num_hidden_layers, seed)
 @ex.main
 def run(_run, sgld_config, training_config, in_out_dim, num_training_data, num_test_data, rank_threshold,
         plateau_margin, device, do_plot, seed) -> dict:
-    """Data → small-init student → SGD with λ̂(w_t) at logging steps → plateaus → records."""
+    """Data → small-init student → SGD with λ̂(w_t) at logging steps → plateaus → records.
+
+    Returns:
+        The final training loss, rank, λ̂ and true λ of the last logged step, and the number of plateaus.
+    """
     sgld = parse(SGLDConfig, "sgld_config", sgld_config)
     training = parse(TrainingConfig, "training_config", training_config)
     check_setup(sgld, training)

@@ -69,7 +69,11 @@ def config():
 
 
 def digits(dev: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """sklearn's 1,797 8×8 digits, pixels scaled to [0, 1], as (x (n, 64), labels (n,))."""
+    """Load sklearn's 1,797 8×8 digits, pixels scaled to [0, 1].
+
+    Returns:
+        (x, labels): float32 pixels of shape (n, 64) and integer labels of shape (n,).
+    """
     x, y = load_digits(return_X_y=True)
     return torch.tensor(x / 16.0, dtype=torch.float32, device=dev), torch.tensor(y, device=dev)
 
@@ -127,7 +131,11 @@ def analyse(_run, model: nn.Module, data, step: int, seed: int, ks, num_measurem
 
 @ex.main
 def run(_run, training_config, hidden_width, eval_steps, device, seed) -> dict:
-    """Train with SGD; at each evaluation step analyse the Hessian; record."""
+    """Train with SGD; at each evaluation step analyse the Hessian; record.
+
+    Returns:
+        ``{"model_dim", "eval_steps"}``; the per-step analyses are in the run's info (``per_step``).
+    """
     training = parse(TrainingConfig, "training_config", training_config)
     check_setup(training)
     dev = resolve_device(device)

@@ -11,11 +11,11 @@ Without ``-F``/``-m`` the run is stored under ``outputs/<expt_name>/`` (``output
 when ``expt_name`` is None). Every key of the reference experiment is accepted, e.g. the reference
 README's command (given CIFAR-10 in ``$LLC_DATA_DIR`` or ``./data``, see ``data.py``)::
 
-    python expt_llc_curve.py --comment "readme" -F outputs/readme with expt_name='readme' \\
-        sgld_config.epsilon=2e-07 sgld_config.gamma=1.0 sgld_config.num_steps=5000 \\
-        sgld_config.batch_size=2048 loss_trace_minibatch=True training_config.optim=sgd \\
-        training_config.momentum=None training_config.num_steps=30001 training_config.learning_rate=0.005 \\
-        training_config.batch_size=512 training_config.l2_regularization=None force_realisable=False \\
+    python expt_llc_curve.py --comment "readme" -F outputs/readme with expt_name='readme' \
+        sgld_config.epsilon=2e-07 sgld_config.gamma=1.0 sgld_config.num_steps=5000 \
+        sgld_config.batch_size=2048 loss_trace_minibatch=True training_config.optim=sgd \
+        training_config.momentum=None training_config.num_steps=30001 training_config.learning_rate=0.005 \
+        training_config.batch_size=512 training_config.l2_regularization=None force_realisable=False \
         logging_period=1000 do_plot=False verbose=False seed=0
 
 What is measured. Training runs for t = 0 … T − 1 (T = ``training_config.num_steps``); the
@@ -288,12 +288,20 @@ def make_loss(loss: str, alpha: float | None = None):
 
 
 def realisable_loss(output: Tensor, target: Tensor) -> Tensor:
-    """L = mean over samples of ‖f(x; w) − f(x; w_t)‖², targets the network's own outputs at w_t."""
+    """L = mean over samples of ‖f(x; w) − f(x; w_t)‖², targets the network's own outputs at w_t.
+
+    Returns:
+        The scalar loss L.
+    """
     return (output - target).square().sum(-1).mean()
 
 
 def accuracy(f: Tensor, y: Tensor) -> float:
-    """Fraction classified right: sign for ±1 targets, argmax otherwise."""
+    """Fraction classified right: sign for ±1 targets, argmax otherwise.
+
+    Returns:
+        The accuracy, in [0, 1].
+    """
     if y.is_floating_point() and y.ndim == 1:
         return float((torch.where(f.squeeze(-1) >= 0, 1.0, -1.0) == y).float().mean())
     labels = y.argmax(-1) if y.ndim == 2 else y
@@ -416,7 +424,11 @@ def evaluate(model: nn.Module, loss_fn, x: Tensor, y: Tensor) -> tuple[float, fl
 
 @torch.no_grad()
 def own_outputs(model: nn.Module, x: Tensor) -> Tensor:
-    """The network's outputs at its current parameters, in eval mode: the realisable targets."""
+    """The network's outputs at its current parameters, in eval mode: the realisable targets.
+
+    Returns:
+        f(x; w_t), one row per row of x, computed ``EVAL_BATCH`` rows at a time without gradient.
+    """
     was_training = model.training
     model.eval()
     out = torch.cat([model(x[i: i + EVAL_BATCH]) for i in range(0, len(x), EVAL_BATCH)])
@@ -480,7 +492,11 @@ def curvature_at(model: nn.Module, loss_fn, d: datasets.Data, seed: int, do_top_
 
 def checkpoint(_run, step: int, model: nn.Module, loss_fn, d: datasets.Data, result: LLCResult,
                temperature: float, seed: int) -> dict:
-    """Log one checkpoint's metrics (with the curvature ones that are on) and return its summary row."""
+    """Log one checkpoint's metrics (with the curvature ones that are on) and return its summary row.
+
+    Returns:
+        The logged metrics by key (with ``step``), plus ``llc/mean``, ``llc/std`` and ``llc/rhat``.
+    """
     train_loss, train_acc = evaluate(model, loss_fn, d.x_train, d.y_train)
     test_loss, test_acc = evaluate(model, loss_fn, d.x_test, d.y_test)
     row = {"step": step, "train/loss": train_loss, "train/accuracy": train_acc, "test/loss": test_loss,
@@ -560,7 +576,11 @@ def _to_device(d: datasets.Data, device: torch.device) -> datasets.Data:
 @ex.main
 def run(_run, sgld_config, model_data_config, training_config, device, seed, do_plot, do_top_eigs,
         do_mask_overlap) -> dict:
-    """Data → model → train, with λ̂ and losses at every checkpoint → records."""
+    """Data → model → train, with λ̂ and losses at every checkpoint → records.
+
+    Returns:
+        The final λ̂ and its std, and the last checkpoint's train loss, test loss and test accuracy.
+    """
     sgld = parse(SGLDConfig, "sgld_config", sgld_config)
     md = parse(ModelDataConfig, "model_data_config", model_data_config)
     training = parse(CurveTrainingConfig, "training_config", training_config)

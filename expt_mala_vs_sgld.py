@@ -1,4 +1,4 @@
-"""SGLD against full-batch MALA: the same λ̂ at a fraction of the cost (Furman & Lau 2024, MALA study).
+r"""SGLD against full-batch MALA: the same λ̂ at a fraction of the cost (Furman & Lau 2024, MALA study).
 
 A ReLU network with biases (input 10, widths [20, 20, 10] by default, entries N(0, 1/fan_in),
 ``models.mlp.random_mlp``) is the true parameter w*; n inputs are uniform on
@@ -10,7 +10,7 @@ a pass over the data per step), at the same ε, γ, nβ = n/log n, steps and cha
 ``gen_commands_expt_mala_vs_sgld.py``.
 
     python expt_mala_vs_sgld.py -F outputs/mala_vs_sgld with sampler=mala num_training_data=1000
-    python expt_mala_vs_sgld.py -F outputs/mala_vs_sgld with sampler=sgld num_training_data=1000 \\
+    python expt_mala_vs_sgld.py -F outputs/mala_vs_sgld with sampler=sgld num_training_data=1000 \
         sgld_config.num_steps=2000
 
 Recorded in the run's info: every field of ``LLCResult.to_dict()`` (``lambdahat``, ``wall_time``,
@@ -122,7 +122,11 @@ def estimate(model: MLP, data, sgld: SGLDConfig, seed: int, device: torch.device
 
 @ex.main
 def run(_run, sgld_config, input_dim, layer_widths, num_training_data, input_bound, sampler, device, seed) -> dict:
-    """True network → data → λ̂ with SGLD or MALA → records."""
+    """True network → data → λ̂ with SGLD or MALA → records.
+
+    Returns:
+        ``{"lambdahat", "lambdahat_std", "wall_time_s", "mala_acceptance", "sampler"}``.
+    """
     sgld = parse(SGLDConfig, "sgld_config", sgld_config)
     check_setup(sgld)
     dev = resolve_device(device)

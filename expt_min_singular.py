@@ -27,6 +27,7 @@ from experiment import (
     Experiment,
     SGLDConfig,
     default_observer,
+    device_info,
     generators,
     int_seed,
     is_int,
@@ -34,7 +35,6 @@ from experiment import (
     progress,
     require,
     resolve_device,
-    device_info,
     sgld_kwargs,
 )
 from models.toy import MinimallySingular, toy_data
@@ -47,7 +47,7 @@ ex = Experiment("min_singular")
 
 @ex.config
 def config():
-    """d = 1e5 parameters, r from 10 to d, n = 1e4, ε·2nβ = 0.05 (the stiffest direction's step)."""
+    """Defaults: d = 1e5 parameters, r from 10 to d, n = 1e4, ε·2nβ = 0.05 (the stiffest direction's step)."""
     expt_name = None  # run name; the default observer stores runs in outputs/<expt_name or 'min_singular'>/
     d = 100_000  # number of parameters
     ranks = [10, 100, 1000, 10_000, 100_000]  # r values, each ≤ d: λ = r/2
@@ -123,7 +123,11 @@ def measure(r: int, sgld: SGLDConfig, dev: torch.device, gen: torch.Generator, d
 
 @ex.main
 def run(_run, sgld_config, ranks, device, seed) -> dict:
-    """For each r: model → λ̂ → rank, trace, top eigenvalues → metrics at step r."""
+    """For each r: model → λ̂ → rank, trace, top eigenvalues → metrics at step r.
+
+    Returns:
+        ``{"ranks", "lambdahat", "hessian_rank"}``, the last two as lists with one entry per r.
+    """
     sgld = parse(SGLDConfig, "sgld_config", sgld_config)
     check_setup()
     dev = resolve_device(device)

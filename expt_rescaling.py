@@ -113,6 +113,9 @@ def rescale(model: MLP, alpha: float) -> MLP:
 def rescaling_preconditioner(alpha: float) -> dict[str, float]:
     """P = α² on W₁ and b₁, α⁻² on W₂ (b₂ keeps 1): the P under which SGLD is equivariant.
 
+    Returns:
+        The factor for each rescaled parameter, by name; parameters not named keep 1.
+
     Example:
         >>> rescaling_preconditioner(10.0)
         {'net.0.weight': 100.0, 'net.0.bias': 100.0, 'net.2.weight': 0.01}
@@ -167,7 +170,11 @@ def estimate(model: MLP, data, sgld: SGLDConfig, seed: int, num_training_data, i
 @ex.main
 def run(_run, sgld_config, input_dim, layer_widths, num_copies, scale, preconditioner, seed, sgld_seed,
         num_training_data, input_bound) -> dict:
-    """True network → data → rescale by α → λ̂ with the preconditioner → records."""
+    """True network → data → rescale by α → λ̂ with the preconditioner → records.
+
+    Returns:
+        ``{"lambdahat", "lambdahat_std", "scale", "preconditioner"}``.
+    """
     sgld = parse(SGLDConfig, "sgld_config", sgld_config)
     check_setup(sgld)
     g_teacher, g_data, g_sgld = generators(seed, 3)

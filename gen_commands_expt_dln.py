@@ -57,7 +57,14 @@ class Grid:
 
 
 def _with(key: str, value: object) -> str:
-    """``key=value`` for Sacred; strings and lists single-quoted for the shell (``layer_widths='[3, 4]'``)."""
+    """``key=value`` for Sacred; strings and lists single-quoted for the shell (``layer_widths='[3, 4]'``).
+
+    Returns:
+        The ``key=value`` word of the command line.
+
+    Raises:
+        ValueError: If a string or list value contains a single quote.
+    """
     if isinstance(value, (str, list)):
         text = str(value)
         if "'" in text:

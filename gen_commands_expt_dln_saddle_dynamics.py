@@ -8,8 +8,9 @@ same file.
 
     python gen_commands_expt_dln_saddle_dynamics.py outputs/saddle_commands.txt
     python sweep.py local outputs/saddle_commands.txt --workers 2
-    python gen_commands_expt_dln_saddle_dynamics.py --widths 500 --num_hidden_layers 4 --initialisation_exponent 1.5 \\
-        --num_steps 50000 --learning_rate 1e-4 --epsilon 1e-6 --sgld_steps 100 --num_chains 1 --burnin 0   # reference size
+    python gen_commands_expt_dln_saddle_dynamics.py --widths 500 --num_hidden_layers 4 \
+        --initialisation_exponent 1.5 --num_steps 50000 --learning_rate 1e-4 --epsilon 1e-6 \
+        --sgld_steps 100 --num_chains 1 --burnin 0   # reference size
 """
 
 from dataclasses import dataclass
@@ -48,7 +49,14 @@ class Grid:
             raise ValueError(f"num_seeds must be >= 0, got {self.num_seeds}")
 
     def width_list(self) -> list[int]:
-        """``widths`` as ints."""
+        """``widths`` as ints.
+
+        Returns:
+            The comma-separated ``widths``, in order, empty items skipped.
+
+        Raises:
+            ValueError: If an item of ``widths`` is not an int.
+        """
         try:
             return [int(w) for w in self.widths.split(",") if w.strip()]
         except ValueError as err:

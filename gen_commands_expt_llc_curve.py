@@ -129,7 +129,14 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 
 def _value(key: str, value: Any) -> str:
-    """``key=value`` for the shell and Sacred: strings and lists single-quoted (``key='sgd'``), others bare."""
+    """``key=value`` for the shell and Sacred: strings and lists single-quoted (``key='sgd'``), others bare.
+
+    Returns:
+        The ``key=value`` word of the command line.
+
+    Raises:
+        ValueError: If a string or list value contains a single quote.
+    """
     if isinstance(value, (str, list)):
         text = str(value)
         if "'" in text:

@@ -50,6 +50,9 @@ class Grid:
 def sizes(grid: Grid) -> list[int]:
     """The training-set sizes n, rounded to integers.
 
+    Returns:
+        ``num_sizes`` values of n, log-spaced from 10^``min_log10_n`` to 10^``max_log10_n``.
+
     Example:
         >>> sizes(Grid())
         [100, 316, 1000, 3162, 10000, 31623, 100000]

@@ -56,6 +56,9 @@ class Grid:
 def scales(grid: Grid) -> list[float]:
     """The factors α, rounded to 6 significant digits so that the command lines stay readable.
 
+    Returns:
+        ``num_factors`` values of α, log-spaced from 10^``min_log10_scale`` to 10^``max_log10_scale``.
+
     Example:
         >>> scales(Grid(num_factors=5))
         [0.0001, 0.01, 1.0, 100.0, 10000.0]

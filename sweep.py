@@ -328,7 +328,14 @@ def _as_time(value) -> datetime | None:
 
 
 def _observer_runs(observer: tuple[str, str]) -> list[_Run]:
-    """The runs in a line's observer, read by results.py (the project's one reader of Sacred runs)."""
+    """The runs in a line's observer, read by results.py (the project's one reader of Sacred runs).
+
+    Returns:
+        One ``_Run`` per run in the observer, keyed by ``run_key`` of its main file, named configs and updates.
+
+    Raises:
+        RuntimeError: If the observer's runs cannot be read (no connection, no permission, bad data).
+    """
     kind, where = observer
     if kind == "file":
         source, label = where, f"in {where}"
@@ -358,6 +365,10 @@ def _log_exit_code(command: Command) -> int | None:
 
     Logs are named by run key, which leaves the observer out (so moving a folder keeps the keys):
     a log written when the same line stored its runs elsewhere says nothing about this observer.
+
+    Returns:
+        The exit code in the log's last line; None if there is no log, it is of another observer, or
+        its last line is not an exit trailer.
     """
     log = SWEEP_LOG_DIR / f"{command.key}.log"
     if not log.exists():
@@ -394,6 +405,9 @@ def _task_ids(spec: str) -> list[int]:
 
     >>> _task_ids("[1,3-5%2]")
     [1, 3, 4, 5]
+
+    Returns:
+        The task ids, in the order given (the ``%`` limit dropped).
     """
     ids = []
     for part in spec.strip("[]").split("%")[0].split(","):
@@ -407,6 +421,9 @@ def _slurm_task_states(job_ids: list[str]) -> dict[tuple[str, int], str]:
 
     sacct needs SLURM accounting; for jobs it does not know, scontrol still knows those that ended
     less than MinJobAge (5 min by default) ago. Tasks neither knows are left out.
+
+    Returns:
+        ``{(job id, task id): state}``, e.g. ``("123", 4): "CANCELLED"``.
     """
     if not job_ids or not shutil.which("scontrol"):
         return {}
@@ -430,7 +447,11 @@ def _slurm_task_states(job_ids: list[str]) -> dict[tuple[str, int], str]:
 
 
 def _slurm_key_states(commands_file: Path) -> dict[str, tuple[str, str]]:
-    """Map run key to (SLURM state, "job_task") of its latest submitted array task."""
+    """Map run key to (SLURM state, "job_task") of its latest submitted array task.
+
+    Returns:
+        ``{run key: (state, "job_task")}`` for the keys whose task SLURM still knows.
+    """
     records = _submissions(commands_file)
     states = _slurm_task_states(sorted({r["job_id"] for r in records}))
     latest = {}
@@ -559,6 +580,9 @@ def _with_python(text: str, python: str | None) -> str:
 
     >>> _with_python("python expt_dln.py -F out", "/venv/bin/python")
     '/venv/bin/python expt_dln.py -F out'
+
+    Returns:
+        ``text`` with its first word replaced, or unchanged if ``python`` is None or the word is not a python.
     """
     first, _, rest = text.partition(" ")
     return f"{shlex.quote(python)} {rest}" if python and first in ("python", "python3") else text

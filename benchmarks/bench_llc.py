@@ -115,7 +115,7 @@ def sgd_step_time(model, loss_fn, x, y, batch_size: int, steps: int, noise: bool
         loss = loss_fn(model(x.index_select(0, idx)), y.index_select(0, idx))
         grads = torch.autograd.grad(loss, params)
         with torch.no_grad():
-            for p, g in zip(params, grads):
+            for p, g in zip(params, grads, strict=True):
                 p.sub_(g, alpha=1e-12)
         if noise:
             torch.randn(d, generator=gen, out=buf)

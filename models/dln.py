@@ -49,7 +49,14 @@ INPUT_DISTS = ("uniform", "unit_ball")
 
 
 def _check_dims(input_dim: int, layer_widths: Sequence[int]) -> list[int]:
-    """Return ``[H₁, …, H_{N+1}]`` after checking every entry is a positive int."""
+    """Return ``[H₁, …, H_{N+1}]`` after checking every entry is a positive int.
+
+    Returns:
+        ``[input_dim, *layer_widths]``.
+
+    Raises:
+        ValueError: If ``layer_widths`` is empty or an entry is not a positive int.
+    """
     dims = [input_dim, *layer_widths]
     if len(dims) < 2:
         raise ValueError(f"layer_widths must name at least one layer, got {list(layer_widths)!r}")
@@ -86,7 +93,7 @@ class DLN(nn.Module):
         self.input_dim = dims[0]
         self.layer_widths = dims[1:]
         self.layers = nn.ModuleList(
-            nn.Linear(h_in, h_out, bias=False) for h_in, h_out in zip(dims[:-1], dims[1:])
+            nn.Linear(h_in, h_out, bias=False) for h_in, h_out in zip(dims[:-1], dims[1:], strict=True)
         )
 
     @property
@@ -108,11 +115,19 @@ class DLN(nn.Module):
         return x
 
     def matrices(self) -> list[torch.Tensor]:
-        """Detached layer matrices [W₁, …, W_N], W_k of shape ``(H_{k+1}, H_k)``."""
+        """Detached layer matrices [W₁, …, W_N], W_k of shape ``(H_{k+1}, H_k)``.
+
+        Returns:
+            The N weights, detached but sharing storage with the layers.
+        """
         return [layer.weight.detach() for layer in self.layers]
 
     def product(self) -> torch.Tensor:
-        """The end-to-end matrix W = W_N ⋯ W₁ of shape ``(H_{N+1}, H₁)``, without autograd."""
+        """The end-to-end matrix W = W_N ⋯ W₁ of shape ``(H_{N+1}, H₁)``, without autograd.
+
+        Returns:
+            W, a new tensor.
+        """
         return _product(self.matrices())
 
     @torch.no_grad()
@@ -132,13 +147,17 @@ class DLN(nn.Module):
         given = [tuple(m.shape) for m in matrices]
         if given != shapes:
             raise ValueError(f"matrices have shapes {given}, expected {shapes}")
-        for layer, m in zip(self.layers, matrices):
+        for layer, m in zip(self.layers, matrices, strict=True):
             layer.weight.copy_(m)
         return self
 
 
 def _product(matrices: Sequence[torch.Tensor]) -> torch.Tensor:
-    """W_N ⋯ W₁ for ``matrices = [W₁, …, W_N]`` (cheapest multiplication order)."""
+    """W_N ⋯ W₁ for ``matrices = [W₁, …, W_N]`` (cheapest multiplication order).
+
+    Returns:
+        The product, a new tensor (a copy when there is one matrix).
+    """
     if len(matrices) == 1:
         return matrices[0].clone()
     return torch.linalg.multi_dot(list(reversed(matrices)))
@@ -205,7 +224,7 @@ def true_lambda(rank: int, input_dim: int, layer_widths: Sequence[int]) -> tuple
         (16.5, 2)
         >>> true_lambda(0, 5, [5, 5])  # reduced-rank regression 5→5→5 at the origin
         (9.5, 2)
-    """
+    """  # noqa: DOC501 - the AssertionError guards an internal invariant (Σ always exists), not an API error
     dims = _check_dims(input_dim, list(layer_widths))
     if isinstance(rank, bool) or not isinstance(rank, int) or not 0 <= rank <= min(dims):
         raise ValueError(f"rank must be an int in [0, {min(dims)}] (the narrowest width), got {rank!r}")
@@ -242,6 +261,9 @@ def _haar_orthogonal(
     and only on the kept columns: Gram–Schmidt makes the first k columns of Q depend only on the
     first k columns of the Gaussian, so a thin QR gives the same columns at a fraction of the cost
     (seconds instead of minutes for 5000 × 5000 with 500 columns on a CPU).
+
+    Returns:
+        The (n, cols) float64 matrix with orthonormal columns, on ``device`` (default the generator's).
     """
     cols = n if cols is None else cols
     gauss = torch.randn(n, n, generator=generator, dtype=torch.float64, device=generator.device)[:, :cols]
@@ -252,14 +274,22 @@ def _haar_orthogonal(
 def _with_rank(
     shape: tuple[int, int], rank: int, singular_values: torch.Tensor, generator: torch.Generator
 ) -> torch.Tensor:
-    """U diag(s) Vᵀ with Haar-random U, V and s = ``singular_values[:rank]``."""
+    """U diag(s) Vᵀ with Haar-random U, V and s = ``singular_values[:rank]``.
+
+    Returns:
+        The float64 matrix of ``shape``, of rank ``rank`` when those singular values are nonzero.
+    """
     u = _haar_orthogonal(shape[0], generator, rank)
     v = _haar_orthogonal(shape[1], generator, rank)
     return (u * singular_values[:rank].to(torch.float64)) @ v.T
 
 
 def _randint(low: int, high: int, generator: torch.Generator) -> int:
-    """Uniform int in [low, high)."""
+    """Uniform int in [low, high).
+
+    Returns:
+        An int k with low ≤ k < high, drawn from ``generator``.
+    """
     return int(torch.randint(low, high, (1,), generator=generator))
 
 
@@ -278,7 +308,6 @@ def make_true_params(
     """Teacher weights w* = [W₁, …, W_N] (float32, W_k of shape ``(H_{k+1}, H_k)``).
 
     Methods:
-
     * ``random``: W_k entries iid N(0, 1/H_k), so ‖W x‖ stays O(‖x‖) at any depth.
     * ``zero``: every W_k = 0 (r = 0).
     * ``rand_rank``: ``random``, then each W_k, with probability ``prop_rank_reduce``, is truncated
@@ -326,7 +355,7 @@ def make_true_params(
         raise ValueError(f"prop_rank_reduce must be in [0, 1], got {prop_rank_reduce!r}")
     if std < 0:
         raise ValueError(f"std must be >= 0, got {std!r}")
-    shapes = [(h_out, h_in) for h_in, h_out in zip(dims[:-1], dims[1:])]
+    shapes = [(h_out, h_in) for h_in, h_out in zip(dims[:-1], dims[1:], strict=True)]
     g = generator
 
     device = torch.device(device) if device is not None else g.device
@@ -364,7 +393,11 @@ _MASK32 = 0xFFFFFFFF
 
 
 def _mul32(x: torch.Tensor, c: int) -> torch.Tensor:
-    """(x · c) mod 2³² for int64 x ∈ [0, 2³²): split x into 16-bit halves so no product passes 2⁴⁹."""
+    """(x · c) mod 2³² for int64 x ∈ [0, 2³²): split x into 16-bit halves so no product passes 2⁴⁹.
+
+    Returns:
+        (x · c) mod 2³², int64 of x's shape.
+    """
     lo, hi = x & 0xFFFF, x >> 16
     return (lo * c + (((hi * c) & 0xFFFF) << 16)) & _MASK32
 
@@ -374,6 +407,9 @@ def _hash32(x: torch.Tensor) -> torch.Tensor:
 
     Works on int64 tensors holding values in [0, 2³²); every intermediate stays below 2⁴⁹, so the
     result is exact integer arithmetic, the same on every device.
+
+    Returns:
+        The mixed values, int64 in [0, 2³²), of x's shape.
     """
     x = x ^ (x >> 16)
     x = _mul32(x, 0x7FEB352D)
@@ -383,7 +419,11 @@ def _hash32(x: torch.Tensor) -> torch.Tensor:
 
 
 def _key(seed: int, stream: int) -> int:
-    """32-bit key for one random stream of one seed."""
+    """32-bit key for one random stream of one seed.
+
+    Returns:
+        The key, an int in [0, 2³²).
+    """
     k = _hash32(torch.tensor([(seed & _MASK32) ^ 0x9E3779B9], dtype=torch.int64))
     k = _hash32(k ^ (((seed >> 32) + 0x632BE5AB * (stream + 1)) & _MASK32))
     return int(k)
@@ -391,7 +431,11 @@ def _key(seed: int, stream: int) -> int:
 
 @functools.lru_cache(maxsize=64)
 def _hash_int(x: int) -> int:
-    """``_hash32`` of one Python int (a 0-d CPU tensor costs tens of µs: done once per key)."""
+    """``_hash32`` of one Python int (a 0-d CPU tensor costs tens of µs: done once per key).
+
+    Returns:
+        ``_hash32(x)`` as an int.
+    """
     return int(_hash32(torch.tensor(x, dtype=torch.int64)))
 
 
@@ -409,6 +453,9 @@ def _uniform(counter: torch.Tensor, key: int, wide: bool) -> torch.Tensor:
         wide: False if every counter is < 2³² (the high word is then 0 and hashed once, as a
             Python int, instead of per entry); decided from n by the caller, so no device value is
             ever read back to the host. Both settings give the same values.
+
+    Returns:
+        Float32 values in (0, 1], of ``counter``'s shape and device.
     """
     if wide:
         hi: torch.Tensor | int = _hash32((counter >> 32) ^ key)
@@ -476,7 +523,11 @@ class SyntheticDLNData:
         self._cols = torch.arange(self.input_dim, dtype=torch.int64, device=self.device)
 
     def __len__(self) -> int:
-        """n, the number of samples."""
+        """n, the number of samples.
+
+        Returns:
+            n.
+        """
         return self.n
 
     def inputs(self, idx: torch.Tensor) -> torch.Tensor:
@@ -524,7 +575,11 @@ class SyntheticDLNData:
         return x, (x.double() @ self._teacher64.T).float()
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """(x_i, y_i) for one index, so the object is a valid map-style torch ``Dataset``."""
+        """(x_i, y_i) for one index, so the object is a valid map-style torch ``Dataset``.
+
+        Returns:
+            ``(x_i, y_i)``; a negative i counts from the end.
+        """
         i = int(i)
         if i < 0:
             i += self.n

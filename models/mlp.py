@@ -57,7 +57,7 @@ class MLP(nn.Module):
             raise ValueError(f"dimensions must be positive ints, got input_dim={input_dim!r}, "
                              f"hidden_widths={list(hidden_widths)!r}, output_dim={output_dim!r}")
         layers: list[nn.Module] = []
-        for h_in, h_out in zip(dims[:-2], dims[1:-1]):
+        for h_in, h_out in zip(dims[:-2], dims[1:-1], strict=True):
             layers += [nn.Linear(h_in, h_out, bias=bias), ACTIVATIONS[activation]()]
         layers.append(nn.Linear(dims[-2], dims[-1], bias=bias))
         self.net = nn.Sequential(*layers)
@@ -124,7 +124,7 @@ def random_mlp(
 
 def teacher_data(teacher: nn.Module, n: int, input_dim: int, bound: float,
                  generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """n inputs uniform on the box [−bound, bound]^input_dim and the teacher's outputs (realisable data).
+    """Draw n inputs uniform on the box [−bound, bound]^input_dim and the teacher's outputs (realisable data).
 
     Args:
         teacher: The true network.

@@ -153,7 +153,11 @@ def rrr_lambda(input_dim: int, hidden_dim: int, output_dim: int, rank: int) -> t
 
 
 def half_squared_error(output: Tensor, target: Tensor) -> Tensor:
-    r"""Gaussian negative log-likelihood up to a constant, unit noise: :math:`\tfrac12\lVert y - f(x)\rVert^2`, batch mean."""
+    r"""Gaussian negative log-likelihood up to a constant, unit noise, batch mean.
+
+    Returns:
+        The scalar :math:`\tfrac12\lVert y - f(x)\rVert^2` (summed over the last dimension), averaged over the batch.
+    """
     return 0.5 * ((output - target) ** 2).sum(dim=-1).mean()
 
 

@@ -7,7 +7,6 @@ regression from Aoyagi & Watanabe (2005).
 
 import json
 import math
-import warnings
 
 import numpy as np
 import pytest

@@ -8,8 +8,8 @@ tests/test_sweep_slurm.py runs expt_dln.py on SLURM.
 import importlib.util
 import json
 import os
-import signal
 import shutil
+import signal
 import subprocess
 import sys
 import time

@@ -41,7 +41,7 @@ def rrr_lambda(m: int, h: int, n: int, r: int) -> tuple[float, int, int]:
 
 def param_count(input_dim: int, layer_widths: list[int]) -> int:
     dims = [input_dim, *layer_widths]
-    return sum(a * b for a, b in zip(dims[:-1], dims[1:]))
+    return sum(a * b for a, b in zip(dims[:-1], dims[1:], strict=True))
 
 
 # --------------------------------------------------------------------------- true_lambda
@@ -144,7 +144,7 @@ def test_low_rank_puts_every_layer_at_rank_r(seed: int) -> None:
         expected = product_rank if r is None else r
         assert layer_ranks == [expected] * len(ws)
         assert product_rank == expected
-        assert [tuple(w.shape) for w in ws] == [(b, a) for a, b in zip(dims[:-1], dims[1:])]
+        assert [tuple(w.shape) for w in ws] == [(b, a) for a, b in zip(dims[:-1], dims[1:], strict=True)]
 
 
 def test_low_rank_layers_are_partial_isometries() -> None:
@@ -189,11 +189,13 @@ def test_make_true_params_is_deterministic_in_the_generator() -> None:
     for method in TRUE_PARAM_METHODS:
         a = make_true_params(5, [4, 3], method, generator=torch.Generator().manual_seed(3))
         b = make_true_params(5, [4, 3], method, generator=torch.Generator().manual_seed(3))
-        assert all(torch.equal(x, y) for x, y in zip(a, b))
+        assert all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
 
 
 def test_unknown_method_names_accepted_values() -> None:
-    with pytest.raises(ValueError, match="unknown true_param method 'lowrank'; choose from .*'rand_rank_sv', 'low_rank'"):
+    with pytest.raises(
+        ValueError, match="unknown true_param method 'lowrank'; choose from .*'rand_rank_sv', 'low_rank'"
+    ):
         make_true_params(3, [2], "lowrank", generator=torch.Generator())
 
 
