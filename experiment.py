@@ -337,7 +337,8 @@ def record_llc(_run, result: LLCResult, step: int, prefix: str = "llc/") -> None
     """λ̂ and its evidence as Sacred metrics at ``step`` (a point of λ̂ over training).
 
     Logs ``<prefix>mean`` (λ̂), ``std`` (across chains), ``init_loss`` (L(w*)), ``rhat``,
-    ``mala_acceptance``, ``num_diverged`` and ``epsilon``; NaN diagnostics are logged as NaN.
+    ``mala_acceptance``, ``num_diverged`` (how many chains diverged) and ``epsilon``; NaN diagnostics are
+    logged as NaN.
 
     Args:
         _run: The Sacred run.
@@ -351,7 +352,7 @@ def record_llc(_run, result: LLCResult, step: int, prefix: str = "llc/") -> None
         "init_loss": result.init_loss,
         "rhat": result.rhat,
         "mala_acceptance": result.mala_acceptance,
-        "num_diverged": float(np.sum(result.diverged)),
+        "num_diverged": float(sum(step is not None for step in result.divergence_step)),
         "epsilon": result.epsilon,
     }
     for key, value in values.items():

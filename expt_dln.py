@@ -5,8 +5,8 @@ the fly, and the LLC is estimated at w* with SGLD and compared with Aoyagi's λ 
 (``models.dln.true_lambda``). Optionally a student is trained from a random init and its LLC is
 estimated too (``do_training``), and the output Jacobian's rank (``do_functional_rank``) and the
 Hessian trace (``do_hessian_trace``) at w* are recorded, and, where λ̂ is measured, the top-k
-eigenvalues of the full-data Hessian (``do_top_eigs=k``) and the overlap of its top-k eigenspace
-with the k largest-magnitude parameters (``do_mask_overlap=k``), both from ``curvature.py``.
+eigenvalues of the full-data Hessian (``num_top_eigs=k``) and the overlap of its top-k eigenspace
+with the k largest-magnitude parameters (``mask_overlap_k=k``), both from ``curvature.py``.
 
     python expt_dln.py -F outputs/dln with sgld_config.epsilon=1e-5 true_param_config.rank=2
     python expt_dln.py with demo
@@ -127,8 +127,8 @@ def config():
     do_training = False  # train a student from a random init and estimate λ̂ there too
     do_functional_rank = False  # rank and singular values of the output Jacobian at w* on test inputs
     do_hessian_trace = False  # Hutchinson estimate of tr ∇²L_test(w*)
-    do_top_eigs = 0  # k > 0: the k largest-magnitude eigenvalues of ∇²L_n where λ̂ is measured (Lanczos)
-    do_mask_overlap = 0  # k > 0: overlap of ∇²L_n's top-k eigenspace with the k largest-|w_i| mask, there
+    num_top_eigs = 0  # k > 0: the k largest-magnitude eigenvalues of ∇²L_n where λ̂ is measured (Lanczos)
+    mask_overlap_k = 0  # k > 0: overlap of ∇²L_n's top-k eigenspace with the k largest-|w_i| mask, there
     seed = 0  # root of all randomness (teacher, data, training, chains)
     save_true_param = False  # store w* as the artifact true_param.pt
     verbose = False  # print the teacher's ranks and show progress bars off a terminal too
@@ -183,7 +183,7 @@ class TrueParamConfig:
 @ex.capture
 def check_setup(
     sgld: SGLDConfig, training: TrainingConfig, expt_name, layer_widths, input_dim, input_dist,
-    num_training_data, itemp, num_test_data, do_functional_rank, do_top_eigs, do_mask_overlap,
+    num_training_data, itemp, num_test_data, do_functional_rank, num_top_eigs, mask_overlap_k,
 ) -> None:
     """Validate the top-level config before any work, so a bad value fails in seconds.
 
@@ -204,7 +204,7 @@ def check_setup(
         require(m <= num_training_data, f"{name}.batch_size must be <= num_training_data={num_training_data}, got {m}")
     dims = [input_dim, *layer_widths]
     d = sum(a * b for a, b in zip(dims[:-1], dims[1:], strict=True))
-    for key, k in (("do_top_eigs", do_top_eigs), ("do_mask_overlap", do_mask_overlap)):
+    for key, k in (("num_top_eigs", num_top_eigs), ("mask_overlap_k", mask_overlap_k)):
         require(is_int(k) and 0 <= k < d, f"{key} must be an int in [0, d={d}) (0 = off), got {k!r}")
     entries = num_test_data * layer_widths[-1] * sum(a * b for a, b in zip(dims[:-1], dims[1:], strict=True))
     require(not do_functional_rank or entries <= MAX_JACOBIAN_ENTRIES,
@@ -347,15 +347,15 @@ def sgld_distances(model: DLN, data: SyntheticDLNData, sgld: SGLDConfig, epsilon
 
 
 @ex.capture
-def curvature_at(model: DLN, data: SyntheticDLNData, seed: int, num_training_data, do_top_eigs,
-                 do_mask_overlap) -> dict:
+def curvature_at(model: DLN, data: SyntheticDLNData, seed: int, num_training_data, num_top_eigs,
+                 mask_overlap_k) -> dict:
     """Top eigenvalues and mask overlap of the full-data Hessian ∇²L_n at the model (``curvature.curvature_summary``).
 
     Returns:
         ``top_eigenvalues`` and/or ``mask_overlap`` (see ``curvature.curvature_summary``).
     """
     xy = data.get_batch(torch.arange(num_training_data))
-    return curvature.curvature_summary(model, mse_loss, xy, top_eigs=do_top_eigs, mask_overlap_k=do_mask_overlap,
+    return curvature.curvature_summary(model, mse_loss, xy, top_eigs=num_top_eigs, mask_overlap_k=mask_overlap_k,
                                        seed=seed)
 
 
@@ -372,7 +372,7 @@ def _print_summary(result: LLCResult, truth: dict, label: str = "w*") -> None:
 
 @ex.main
 def run(_run, sgld_config, true_param_config, training_config, num_training_data, num_test_data, input_dist,
-        do_training, do_compute_distance, do_functional_rank, do_hessian_trace, do_top_eigs, do_mask_overlap,
+        do_training, do_compute_distance, do_functional_rank, do_hessian_trace, num_top_eigs, mask_overlap_k,
         save_true_param, seed, device) -> dict:
     """Device → teacher → data → λ̂(w*) [→ trained student → λ̂] → diagnostics → records.
 
@@ -394,7 +394,7 @@ def run(_run, sgld_config, true_param_config, training_config, num_training_data
     log_traces(_run, result, "")
     arrays = {"loss_trace": result.loss_trace}
     _print_summary(result, truth)
-    curvature_wanted = bool(do_top_eigs or do_mask_overlap)
+    curvature_wanted = bool(num_top_eigs or mask_overlap_k)
     if curvature_wanted:
         _run.info["curvature_info"] = curvature_at(teacher, data, seed)
     if do_compute_distance:

@@ -115,8 +115,8 @@ def config():
     log_at_steps = None  # a list of SGD steps in [0, num_steps]: estimate λ̂ there instead (the last step too)
     rank_threshold = 1.0  # a singular value of W counts toward its rank above this (teacher's smallest: 10)
     plateau_margin = 10.0  # plateau means use points whose singular values are this factor from rank_threshold
-    precondition = True  # SGLD in SVD-aligned, curvature-scaled coordinates (see curvature_scaled); False: raw weights
-    max_curvature = 300.0  # h₀: with precondition, coordinates stiffer than this (diagonal of ∇²nβL) are scaled to h₀
+    curvature_scaling = True  # SGLD in SVD-aligned, curvature-scaled coordinates (curvature_scaled); False: raw weights
+    max_curvature = 300.0  # h₀: with curvature_scaling, entries stiffer than this (diagonal of ∇²nβL) are scaled to h₀
     max_epsilon = 3e-4  # with epsilon "auto": rerun at this ε when the calibration picks a larger one (see estimate)
     seed = 42  # root of all randomness (data, init, training, chains)
     device = "auto"  # "auto" (cuda when available), "cpu", "cuda" or "cuda:<index>"
@@ -356,7 +356,7 @@ def curvature_scaled(model: DLN, x: torch.Tensor, nbeta: float, max_curvature: f
 @ex.capture
 def check_setup(sgld: SGLDConfig, training: TrainingConfig, expt_name, in_out_dim, width, num_hidden_layers,
                 initialisation_exponent, num_training_data, num_test_data, itemp, logging_period, log_spaced,
-                num_logging_points, log_at_steps, rank_threshold, plateau_margin, precondition, max_curvature,
+                num_logging_points, log_at_steps, rank_threshold, plateau_margin, curvature_scaling, max_curvature,
                 max_epsilon) -> None:
     """Validate the top-level config before any work, so a bad value fails in seconds.
 
@@ -380,7 +380,7 @@ def check_setup(sgld: SGLDConfig, training: TrainingConfig, expt_name, in_out_di
     require(is_number(rank_threshold) and rank_threshold > 0, f"rank_threshold must be > 0, got {rank_threshold!r}")
     require(is_number(plateau_margin) and plateau_margin > 1,
             f"plateau_margin must be a number > 1, got {plateau_margin!r}")
-    require(isinstance(precondition, bool), f"precondition must be True or False, got {precondition!r}")
+    require(isinstance(curvature_scaling, bool), f"curvature_scaling must be True or False, got {curvature_scaling!r}")
     require(is_number(max_curvature) and max_curvature > 0, f"max_curvature must be > 0, got {max_curvature!r}")
     require(is_number(max_epsilon) and max_epsilon > 0, f"max_epsilon must be > 0, got {max_epsilon!r}")
     for name, m in (("sgld_config", sgld.batch_size), ("training_config", training.batch_size)):
@@ -428,10 +428,10 @@ def describe(model: DLN, x_train: torch.Tensor, y_train: torch.Tensor, x_test: t
 
 @ex.capture
 def estimate(model: DLN, x_train: torch.Tensor, sgld: SGLDConfig, seed: int, num_training_data, itemp,
-             loss_trace_minibatch, precondition, max_curvature, max_epsilon) -> LLCResult:
+             loss_trace_minibatch, curvature_scaling, max_curvature, max_epsilon) -> LLCResult:
     """λ̂ at the current parameters against the network's own outputs (realisable), nβ = n · itemp.
 
-    With ``precondition``, SGLD runs on ``curvature_scaled(model)`` (same function, same λ). With
+    With ``curvature_scaling``, SGLD runs on ``curvature_scaled(model)`` (same function, same λ). With
     ``epsilon="auto"``, a calibrated ε above ``max_epsilon`` is replaced by it (the chains are rerun):
     near the rank-0 saddle the loss is of degree 2N in the weights, so its Hessian at w* is ~0 and
     ``sgld.calibrate_epsilon`` takes a large step (~2e-3 here), yet the sampled region is curved;
@@ -442,7 +442,7 @@ def estimate(model: DLN, x_train: torch.Tensor, sgld: SGLDConfig, seed: int, num
         The estimator's ``LLCResult``.
     """
     nbeta = num_training_data * itemp
-    if precondition:
+    if curvature_scaling:
         model = curvature_scaled(model, x_train, nbeta, max_curvature)
     with torch.no_grad():
         y_own = model(x_train)

@@ -39,10 +39,10 @@ At a checkpoint:
 The run's info holds the last checkpoint's ``LLCResult.to_dict()`` (λ̂ and every diagnostic),
 ``sgd_temperature``, ``model_dim``, ``num_train``, ``num_test``, the data's ``normalisation``,
 the device, and ``checkpoints``: one dict per checkpoint (step, λ̂, its std, R̂, losses, accuracies).
-With ``do_top_eigs=k`` (0 = off) the k largest-magnitude eigenvalues of the Hessian of the loss
+With ``num_top_eigs=k`` (0 = off) the k largest-magnitude eigenvalues of the Hessian of the loss
 λ̂ is measured on (same data and targets, eval mode) are logged at each checkpoint as
 ``hessian/top_eig1`` … ``hessian/top_eig<k>`` (Lanczos, ``curvature.curvature_summary``); with
-``do_mask_overlap=k`` the overlap ‖M Q‖²_F/k of its top-k eigenspace Q with the mask M of the k
+``mask_overlap_k=k`` the overlap ‖M Q‖²_F/k of its top-k eigenspace Q with the mask M of the k
 largest-|w_i| parameters as ``hessian/mask_overlap`` (≈ k/d for unrelated subspaces) and the
 Grassmann distance between the two as ``hessian/mask_geodesic``. Both also go into the checkpoint rows.
 ``do_plot=True`` stores ``llc_over_training.png`` (``plots.llc_over_training``) as an artifact.
@@ -145,8 +145,8 @@ def config():
     logging_period = 1000  # steps between checkpoints (λ̂, losses, accuracies)
     verbose = False  # progress bars and per-checkpoint lines even without a terminal
     do_plot = False  # store the λ̂-over-training figure as an artifact
-    do_top_eigs = 0  # k > 0: log the k largest-magnitude Hessian eigenvalues where λ̂ is measured (Lanczos)
-    do_mask_overlap = 0  # k > 0: log the overlap of the Hessian's top-k eigenspace with the k largest-|w_i| mask
+    num_top_eigs = 0  # k > 0: log the k largest-magnitude Hessian eigenvalues where λ̂ is measured (Lanczos)
+    mask_overlap_k = 0  # k > 0: log the overlap of the Hessian's top-k eigenspace with the k largest-|w_i| mask
 
 
 @ex.named_config
@@ -368,8 +368,8 @@ def load_data(md: ModelDataConfig, generator: torch.Generator) -> datasets.Data:
 
 
 @ex.capture
-def check_setup(expt_name, logging_period, force_realisable, loss_trace_minibatch, verbose, do_plot, do_top_eigs,
-                do_mask_overlap) -> None:
+def check_setup(expt_name, logging_period, force_realisable, loss_trace_minibatch, verbose, do_plot, num_top_eigs,
+                mask_overlap_k) -> None:
     """Validate the top-level config before any work, so a bad value fails in seconds.
 
     Raises:
@@ -381,18 +381,18 @@ def check_setup(expt_name, logging_period, force_realisable, loss_trace_minibatc
     for key, v in (("force_realisable", force_realisable), ("loss_trace_minibatch", loss_trace_minibatch),
                    ("verbose", verbose), ("do_plot", do_plot)):
         require(isinstance(v, bool), f"{key} must be True or False, got {v!r}")
-    for key, k in (("do_top_eigs", do_top_eigs), ("do_mask_overlap", do_mask_overlap)):
+    for key, k in (("num_top_eigs", num_top_eigs), ("mask_overlap_k", mask_overlap_k)):
         require(is_int(k) and k >= 0, f"{key} must be an int >= 0 (0 = off), got {k!r}")
 
 
-def check_curvature(model: nn.Module, do_top_eigs: int, do_mask_overlap: int) -> None:
+def check_curvature(model: nn.Module, num_top_eigs: int, mask_overlap_k: int) -> None:
     """Lanczos needs k < d.
 
     Raises:
         ValueError: Naming the key whose k is not below the model's d.
     """
     d = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    for key, k in (("do_top_eigs", do_top_eigs), ("do_mask_overlap", do_mask_overlap)):
+    for key, k in (("num_top_eigs", num_top_eigs), ("mask_overlap_k", mask_overlap_k)):
         require(k < d, f"{key} must be an int in [0, d={d}) (0 = off), got {k!r}")
 
 
@@ -463,7 +463,7 @@ def estimate(model: nn.Module, loss_fn, d: datasets.Data, sgld: SGLDConfig, seed
 
 
 @ex.capture
-def curvature_at(model: nn.Module, loss_fn, d: datasets.Data, seed: int, do_top_eigs, do_mask_overlap) -> dict:
+def curvature_at(model: nn.Module, loss_fn, d: datasets.Data, seed: int, num_top_eigs, mask_overlap_k) -> dict:
     """Top Hessian eigenvalues and mask overlap of the loss λ̂ is measured on, at w_t, as metrics.
 
     The model is put in eval mode, as for sampling (BatchNorm on running statistics), so the loss
@@ -473,13 +473,13 @@ def curvature_at(model: nn.Module, loss_fn, d: datasets.Data, seed: int, do_top_
         ``{"hessian/top_eig<i>": λ_i, …, "hessian/mask_overlap", "hessian/mask_geodesic"}`` for the
         options that are on; empty when both are off.
     """
-    if not (do_top_eigs or do_mask_overlap):
+    if not (num_top_eigs or mask_overlap_k):
         return {}
     data, fn = measured_loss(model, loss_fn, d)
     was_training = model.training
     model.eval()
     try:
-        summary = curvature.curvature_summary(model, fn, data, top_eigs=do_top_eigs, mask_overlap_k=do_mask_overlap,
+        summary = curvature.curvature_summary(model, fn, data, top_eigs=num_top_eigs, mask_overlap_k=mask_overlap_k,
                                               seed=seed)
     finally:
         model.train(was_training)
@@ -574,8 +574,8 @@ def _to_device(d: datasets.Data, device: torch.device) -> datasets.Data:
 
 
 @ex.main
-def run(_run, sgld_config, model_data_config, training_config, device, seed, do_plot, do_top_eigs,
-        do_mask_overlap) -> dict:
+def run(_run, sgld_config, model_data_config, training_config, device, seed, do_plot, num_top_eigs,
+        mask_overlap_k) -> dict:
     """Data → model → train, with λ̂ and losses at every checkpoint → records.
 
     Returns:
@@ -591,7 +591,7 @@ def run(_run, sgld_config, model_data_config, training_config, device, seed, do_
     check_sizes(sgld, training, d)
     d = _to_device(d, dev)
     model = build_model(md, d, g_init).to(dev)
-    check_curvature(model, do_top_eigs, do_mask_overlap)
+    check_curvature(model, num_top_eigs, mask_overlap_k)
     loss_fn = make_loss(md.loss, md.alpha)
     _run.info.update(device_info(dev), model_dim=sum(p.numel() for p in model.parameters() if p.requires_grad),
                      num_train=len(d.x_train), num_test=len(d.x_test), normalisation=d.normalisation,
