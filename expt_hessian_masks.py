@@ -32,15 +32,17 @@ import curvature
 from experiment import (
     Experiment,
     TrainingConfig,
+    check_common,
     default_observer,
     device_info,
     generators,
     int_seed,
     is_int,
-    make_optimizer,
+    model_dim,
     parse,
     require,
     resolve_device,
+    train_sgd,
 )
 from models.mlp import MLP
 
@@ -79,14 +81,15 @@ def digits(dev: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 @ex.capture
-def check_setup(training: TrainingConfig, hidden_width, log_at_steps, ks, num_measurements) -> None:
+def check_setup(training: TrainingConfig, expt_name, hidden_width, log_at_steps, ks, num_measurements) -> None:
     """Validate the top-level config.
 
     Raises:
         ValueError: Naming the bad key and value.
     """
-    d = 75 * hidden_width + 10 if is_int(hidden_width) else 0
+    check_common(expt_name)
     require(is_int(hidden_width) and hidden_width >= 1, f"hidden_width must be an int >= 1, got {hidden_width!r}")
+    d = model_dim(MLP(64, [hidden_width], 10))
     require(isinstance(log_at_steps, list) and log_at_steps and all(is_int(t) and 0 <= t <= training.num_steps
                                                                   for t in log_at_steps),
             f"log_at_steps must be a list of ints in [0, training_config.num_steps={training.num_steps}], "
@@ -149,22 +152,20 @@ def run(_run, training_config, hidden_width, log_at_steps, device, seed) -> dict
             for p in layer.parameters():
                 p.copy_(torch.rand(p.shape, generator=g_init) * 2 * bound - bound)
     model = model.to(dev)
-    opt = make_optimizer(model.parameters(), training)
-    records, todo = [], set(log_at_steps)
-    for t in range(training.num_steps + 1):
-        if t in todo:
-            records.append(analyse(_run, model, (x, y), t, int_seed(g_sketch) % 2**31))
-            _run.info["per_step"] = records
-        if t == training.num_steps:
-            break
+    records = []
+
+    def batch(t: int) -> tuple[torch.Tensor, torch.Tensor]:
         idx = torch.randint(len(x), (training.batch_size,), generator=g_batch).to(dev)
-        loss = nn.functional.cross_entropy(model(x[idx]), y[idx])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        if t % 10 == 0:
-            _run.log_scalar("train/loss", loss.item(), t)
-    _run.info["model_dim"] = sum(p.numel() for p in model.parameters())
+        return x[idx], y[idx]
+
+    def measure(t: int) -> None:
+        records.append(analyse(_run, model, (x, y), t, int_seed(g_sketch) % 2**31))
+        _run.info["per_step"] = records
+
+    losses = train_sgd(model, nn.functional.cross_entropy, batch, training, measure_at=log_at_steps, measure=measure)
+    for t in range(0, training.num_steps, 10):
+        _run.log_scalar("train/loss", float(losses[t]), t)
+    _run.info["model_dim"] = model_dim(model)
     return {"model_dim": _run.info["model_dim"], "log_at_steps": log_at_steps}
 
 

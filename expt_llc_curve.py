@@ -63,7 +63,6 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from tqdm import tqdm
 
 import curvature
 import data as datasets
@@ -71,13 +70,15 @@ from experiment import (
     Experiment,
     SGLDConfig,
     TrainingConfig,
+    check_common,
+    check_curvature_ks,
     default_observer,
     device_info,
     generators,
     int_seed,
     is_int,
     is_number,
-    make_optimizer,
+    model_dim,
     parse,
     progress,
     record_llc,
@@ -86,6 +87,7 @@ from experiment import (
     save_artifacts,
     sgld_kwargs,
     thin,
+    train_sgd,
 )
 from models import make_model
 from sgld import LLCResult, estimate_llc
@@ -375,7 +377,7 @@ def check_setup(expt_name, logging_period, force_realisable, loss_trace_minibatc
     Raises:
         ValueError: Naming the first bad key, its value and the accepted range.
     """
-    require(expt_name is None or isinstance(expt_name, str), f"expt_name must be None or a str, got {expt_name!r}")
+    check_common(expt_name)
     require(is_int(logging_period) and logging_period >= 1,
             f"logging_period must be an int >= 1, got {logging_period!r}")
     for key, v in (("force_realisable", force_realisable), ("loss_trace_minibatch", loss_trace_minibatch),
@@ -385,27 +387,14 @@ def check_setup(expt_name, logging_period, force_realisable, loss_trace_minibatc
         require(is_int(k) and k >= 0, f"{key} must be an int >= 0 (0 = off), got {k!r}")
 
 
-def check_curvature(model: nn.Module, num_top_eigs: int, mask_overlap_k: int) -> None:
-    """Lanczos needs k < d.
-
-    Raises:
-        ValueError: Naming the key whose k is not below the model's d.
-    """
-    d = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    for key, k in (("num_top_eigs", num_top_eigs), ("mask_overlap_k", mask_overlap_k)):
-        require(k < d, f"{key} must be an int in [0, d={d}) (0 = off), got {k!r}")
-
-
 def check_sizes(sgld: SGLDConfig, training: CurveTrainingConfig, d: datasets.Data) -> None:
     """The minibatches must fit in the training set.
 
     Raises:
         ValueError: Naming the batch size that does not fit.
     """
-    n = len(d.x_train)
-    for name, m in (("sgld_config", sgld.batch_size), ("training_config", training.batch_size)):
-        require(m <= n, f"{name}.batch_size={m} exceeds the {n} training samples; lower it or raise "
-                        "model_data_config.ptr")
+    check_common(None, num_train=len(d.x_train), fix="raise model_data_config.ptr",
+                 batch_sizes={"sgld_config": sgld.batch_size, "training_config": training.batch_size})
 
 
 @torch.no_grad()
@@ -520,36 +509,34 @@ def train_and_measure(model: nn.Module, loss_fn, d: datasets.Data, sgld: SGLDCon
     Raises:
         FloatingPointError: If the training loss becomes NaN or infinite.
     """
-    opt = make_optimizer(model.parameters(), training, weight_decay=training.l2_regularization or 0.0)
     temperature = training.learning_rate / training.batch_size
-    n, batch, last = len(d.x_train), training.batch_size, training.num_steps - 1
-    logged, rows, order, pos = set(thin(training.num_steps)), [], torch.empty(0, dtype=torch.long), n
+    n, batch_size, last = len(d.x_train), training.batch_size, training.num_steps - 1
+    rows, results, epoch = [], [], {"order": torch.empty(0, dtype=torch.long), "pos": n}
+
+    def batch(t: int) -> tuple[Tensor, Tensor]:
+        if epoch["pos"] + batch_size > n:  # a new epoch: reshuffle
+            epoch["order"], epoch["pos"] = torch.randperm(n, generator=g_batch).to(device), 0
+        idx = epoch["order"][epoch["pos"]: epoch["pos"] + batch_size]
+        epoch["pos"] += batch_size
+        return d.x_train[idx], d.y_train[idx]
+
+    def measure(t: int) -> None:
+        seed = int_seed(g_sgld)
+        results.append(estimate(model, loss_fn, d, sgld, seed, device))
+        rows.append(checkpoint(_run, t, model, loss_fn, d, results[-1], temperature, seed))
+        if verbose:
+            print(f"step {t}: λ̂ = {results[-1].lambdahat:.4g} ± {results[-1].lambdahat_std:.2g}, train loss "
+                  f"{rows[-1]['train/loss']:.4g}, test loss {rows[-1]['test/loss']:.4g}, "
+                  f"test acc {rows[-1]['test/accuracy']:.3f}")
+
     model.train()
-    for t in tqdm(range(training.num_steps), desc="training", disable=not progress(verbose)):
-        if t % logging_period == 0 or t == last:
-            seed = int_seed(g_sgld)
-            result = estimate(model, loss_fn, d, sgld, seed, device)
-            rows.append(checkpoint(_run, t, model, loss_fn, d, result, temperature, seed))
-            if verbose:
-                print(f"step {t}: λ̂ = {result.lambdahat:.4g} ± {result.lambdahat_std:.2g}, train loss "
-                      f"{rows[-1]['train/loss']:.4g}, test loss {rows[-1]['test/loss']:.4g}, "
-                      f"test acc {rows[-1]['test/accuracy']:.3f}")
-        if t == last:
-            break
-        if pos + batch > n:  # a new epoch: reshuffle
-            order, pos = torch.randperm(n, generator=g_batch).to(device), 0
-        idx = order[pos: pos + batch]
-        pos += batch
-        loss = loss_fn(model(d.x_train[idx]), d.y_train[idx])
-        if not math.isfinite(loss.item()):
-            raise FloatingPointError(f"training loss is {loss.item()} at step {t}; lower "
-                                     f"training_config.learning_rate (now {training.learning_rate})")
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        if t in logged:
-            _run.log_scalar("train/batch_loss", loss.item(), t)
-    return rows, result
+    checkpoints = [t for t in range(training.num_steps) if t % logging_period == 0 or t == last]
+    losses = train_sgd(model, loss_fn, batch, training, num_steps=last, weight_decay=training.l2_regularization or 0.0,
+                       measure_at=checkpoints, measure=measure, show_progress=progress(verbose)).tolist()
+    for t in thin(training.num_steps):
+        if t < last:
+            _run.log_scalar("train/batch_loss", losses[t], t)
+    return rows, results[-1]
 
 
 def plot_curve(rows: list[dict]):
@@ -591,9 +578,9 @@ def run(_run, sgld_config, model_data_config, training_config, device, seed, do_
     check_sizes(sgld, training, d)
     d = _to_device(d, dev)
     model = build_model(md, d, g_init).to(dev)
-    check_curvature(model, num_top_eigs, mask_overlap_k)
+    check_curvature_ks(model, num_top_eigs=num_top_eigs, mask_overlap_k=mask_overlap_k)
     loss_fn = make_loss(md.loss, md.alpha)
-    _run.info.update(device_info(dev), model_dim=sum(p.numel() for p in model.parameters() if p.requires_grad),
+    _run.info.update(device_info(dev), model_dim=model_dim(model),
                      num_train=len(d.x_train), num_test=len(d.x_test), normalisation=d.normalisation,
                      sgd_temperature=training.learning_rate / training.batch_size,
                      num_noisy_labels=int(d.noisy.sum()))

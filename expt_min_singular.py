@@ -26,6 +26,7 @@ import curvature
 from experiment import (
     Experiment,
     SGLDConfig,
+    check_common,
     default_observer,
     device_info,
     generators,
@@ -72,13 +73,17 @@ def config():
 
 
 @ex.capture
-def check_setup(d, ranks, rank_method, max_sketch, num_top_eigs, trace_probes) -> None:
+def check_setup(expt_name, d, ranks, num_training_data, itemp, rank_method, max_sketch, num_top_eigs,
+                trace_probes) -> None:
     """Validate the top-level config before any work.
 
     Raises:
         ValueError: Naming the bad key and value.
     """
+    check_common(expt_name, itemp=itemp)
     require(is_int(d) and d >= 2, f"d must be an int >= 2, got {d!r}")
+    require(is_int(num_training_data) and num_training_data >= 2,
+            f"num_training_data must be an int >= 2, got {num_training_data!r}")
     require(isinstance(ranks, list) and ranks and all(is_int(r) and 1 <= r <= d for r in ranks),
             f"ranks must be a non-empty list of ints in [1, d={d}], got {ranks!r}")
     require(rank_method in curvature.RANK_METHODS,

@@ -13,8 +13,8 @@ import torch
 from torch.func import jacrev
 
 import curvature as cv
-from experiment import generators, int_seed
-from expt_dln import ex, mse_loss
+from experiment import generators, int_seed, mse_loss
+from expt_dln import ex
 from models.dln import DLN, SyntheticDLNData, make_true_params
 from models.toy import MinimallySingular, toy_data
 
