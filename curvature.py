@@ -746,7 +746,7 @@ def curvature_summary(model: nn.Module, loss_fn: Callable[[Tensor, Tensor], Tens
                       top_eigs: int = 0, mask_overlap_k: int = 0, seed: int = 0) -> dict:
     """Top Hessian eigenvalues and/or the top-k eigenspace's overlap with the top-k magnitude mask, at w.
 
-    The recording that ``do_top_eigs`` and ``do_mask_overlap`` of the experiments ask for, at
+    The recording that ``num_top_eigs`` and ``mask_overlap_k`` of the experiments ask for, at
     the parameters where λ̂ is measured. Lanczos (``top_eigs_lanczos``) on the full-data Hessian.
 
     Args:

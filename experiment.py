@@ -29,7 +29,7 @@ import math
 import sys
 import tempfile
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -42,6 +42,7 @@ import torch  # noqa: E402
 from sacred import Experiment  # noqa: E402
 from sacred.arg_parser import get_config_updates  # noqa: E402
 from sacred.observers import FileStorageObserver  # noqa: E402
+from tqdm import tqdm  # noqa: E402
 
 from sgld import LLCResult  # noqa: E402
 
@@ -51,6 +52,8 @@ __all__ = [
     "OPTIMIZERS",
     "SGLDConfig",
     "TrainingConfig",
+    "check_common",
+    "check_curvature_ks",
     "default_observer",
     "device_info",
     "generators",
@@ -59,6 +62,7 @@ __all__ = [
     "is_number",
     "log_traces",
     "make_optimizer",
+    "model_dim",
     "mse_loss",
     "parse",
     "progress",
@@ -68,6 +72,7 @@ __all__ = [
     "save_artifacts",
     "sgld_kwargs",
     "thin",
+    "train_sgd",
 ]
 
 OPTIMIZERS = ("sgd", "adam")
@@ -139,6 +144,38 @@ def parse(cls: type, name: str, values: dict):
     if unknown:
         raise TypeError(f"unknown config key {name}.{unknown[0]}; {name} accepts {accepted}")
     return cls(**values)
+
+
+def check_common(expt_name: object, *, itemp: object = None, num_train: int | None = None,
+                 batch_sizes: dict[str, int] | None = None, fix: str = "raise num_training_data") -> None:
+    """The checks every experiment's top-level config shares, with one wording.
+
+    Args:
+        expt_name: The run name: None or a str.
+        itemp: β (nβ = n · itemp), which must be a number > 0; None where the experiment has none.
+        num_train: n, the training-set size the minibatches are drawn from.
+        batch_sizes: ``{"sgld_config": m, "training_config": B}``: each must be ≤ ``num_train``.
+        fix: What else, besides lowering the batch size, makes a batch fit.
+
+    Raises:
+        ValueError: Naming the first bad key, its value and the accepted range.
+    """
+    require(expt_name is None or isinstance(expt_name, str), f"expt_name must be None or a str, got {expt_name!r}")
+    if itemp is not None:
+        require(is_number(itemp) and itemp > 0, f"itemp (β) must be a number > 0, got {itemp!r}")
+    for name, m in (batch_sizes or {}).items() if is_int(num_train) else ():
+        require(m <= num_train, f"{name}.batch_size={m} exceeds the {num_train} training samples; lower it or {fix}")
+
+
+def check_curvature_ks(model: torch.nn.Module, **ks: int) -> None:
+    """Each k of a curvature option (``num_top_eigs=k``, ``mask_overlap_k=k``; 0 = off) is in [0, d).
+
+    Raises:
+        ValueError: Naming the key whose k is not an int in [0, d).
+    """
+    d = model_dim(model)
+    for key, k in ks.items():
+        require(is_int(k) and 0 <= k < d, f"{key} must be an int in [0, d={d}) (0 = off), got {k!r}")
 
 
 @dataclass(frozen=True)
@@ -213,6 +250,74 @@ def make_optimizer(params, training: TrainingConfig, weight_decay: float = 0.0) 
         return torch.optim.SGD(params, lr=training.learning_rate, momentum=training.momentum or 0.0,
                                weight_decay=weight_decay)
     return torch.optim.Adam(params, lr=training.learning_rate, weight_decay=weight_decay)
+
+
+def model_dim(model: torch.nn.Module) -> int:
+    """d, the number of trainable parameters (those SGLD samples; frozen buffers and copies left out).
+
+    Returns:
+        The sum of ``numel`` over the parameters with ``requires_grad``.
+
+    Example:
+        >>> model_dim(torch.nn.Linear(3, 2))
+        8
+    """
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def train_sgd(model: torch.nn.Module, loss_fn: Callable, batch: Callable[[int], tuple[torch.Tensor, torch.Tensor]],
+              training: TrainingConfig, *, num_steps: int | None = None, weight_decay: float = 0.0,
+              measure_at: Iterable[int] = (), measure: Callable[[int], None] | None = None, check_every: int = 1,
+              show_progress: bool = False) -> torch.Tensor:
+    """The training loop of every experiment that trains: ``training_config``'s optimiser on minibatches.
+
+    Step t (t = 0 … T − 1) draws ``batch(t)``, computes the loss at w_t and updates to w_{t+1}.
+    ``measure(t)`` runs at w_t for each t in ``measure_at`` (t = T included: after the last update).
+    The losses stay on the model's device; their finiteness is checked every ``check_every`` steps
+    (a read-back stalls a GPU's queue, so not necessarily every step), and a non-finite loss stops
+    training, naming the first bad step.
+
+    Args:
+        model: The model, trained in place.
+        loss_fn: ``loss_fn(output, target)``, the mean loss.
+        batch: ``batch(t) -> (x, y)``, the minibatch of step t.
+        training: The validated ``training_config`` (optimiser, step size, momentum).
+        num_steps: T, the number of updates; default ``training.num_steps``.
+        weight_decay: L2 penalty coefficient added to the gradient.
+        measure_at: Steps in [0, T] at which to call ``measure``.
+        measure: ``measure(t)``, called at w_t.
+        check_every: Steps between finiteness checks.
+        show_progress: Show a progress bar.
+
+    Returns:
+        The (T,) minibatch losses, on the model's device.
+
+    Raises:
+        FloatingPointError: If a training loss is NaN or infinite.
+    """
+    num_steps = training.num_steps if num_steps is None else num_steps
+    device = next(model.parameters()).device
+    opt = make_optimizer(model.parameters(), training, weight_decay=weight_decay)
+    todo, trace, checked = set(measure_at), torch.empty(num_steps, device=device), 0
+    for t in tqdm(range(num_steps + 1), desc="training", disable=not show_progress):
+        if t in todo and measure is not None:
+            measure(t)
+        if t == num_steps:
+            break
+        x, y = batch(t)
+        loss = loss_fn(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        trace[t] = loss.detach()
+        if (t + 1) % check_every == 0 or t == num_steps - 1:
+            bad = torch.nonzero(~torch.isfinite(trace[checked: t + 1]))
+            if len(bad):
+                first = checked + int(bad[0])
+                raise FloatingPointError(f"training loss is {float(trace[first])} at step {first}; lower "
+                                         f"training_config.learning_rate (now {training.learning_rate})")
+            checked = t + 1
+    return trace
 
 
 def mse_loss(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -337,7 +442,8 @@ def record_llc(_run, result: LLCResult, step: int, prefix: str = "llc/") -> None
     """λ̂ and its evidence as Sacred metrics at ``step`` (a point of λ̂ over training).
 
     Logs ``<prefix>mean`` (λ̂), ``std`` (across chains), ``init_loss`` (L(w*)), ``rhat``,
-    ``mala_acceptance``, ``num_diverged`` and ``epsilon``; NaN diagnostics are logged as NaN.
+    ``mala_acceptance``, ``num_diverged`` (how many chains diverged) and ``epsilon``; NaN diagnostics are
+    logged as NaN.
 
     Args:
         _run: The Sacred run.
@@ -351,7 +457,7 @@ def record_llc(_run, result: LLCResult, step: int, prefix: str = "llc/") -> None
         "init_loss": result.init_loss,
         "rhat": result.rhat,
         "mala_acceptance": result.mala_acceptance,
-        "num_diverged": float(np.sum(result.diverged)),
+        "num_diverged": float(sum(step is not None for step in result.divergence_step)),
         "epsilon": result.epsilon,
     }
     for key, value in values.items():

@@ -5,8 +5,8 @@ the fly, and the LLC is estimated at w* with SGLD and compared with Aoyagi's λ 
 (``models.dln.true_lambda``). Optionally a student is trained from a random init and its LLC is
 estimated too (``do_training``), and the output Jacobian's rank (``do_functional_rank``) and the
 Hessian trace (``do_hessian_trace``) at w* are recorded, and, where λ̂ is measured, the top-k
-eigenvalues of the full-data Hessian (``do_top_eigs=k``) and the overlap of its top-k eigenspace
-with the k largest-magnitude parameters (``do_mask_overlap=k``), both from ``curvature.py``.
+eigenvalues of the full-data Hessian (``num_top_eigs=k``) and the overlap of its top-k eigenspace
+with the k largest-magnitude parameters (``mask_overlap_k=k``), both from ``curvature.py``.
 
     python expt_dln.py -F outputs/dln with sgld_config.epsilon=1e-5 true_param_config.rank=2
     python expt_dln.py with demo
@@ -43,16 +43,16 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 import curvature
 
 # Sacred's Experiment comes through experiment.py, which first silences Sacred's pkg_resources warning.
 from experiment import (
-    MAX_POINTS_PER_METRIC,  # noqa: F401 - part of this module's interface (tests, tools)
     Experiment,
     SGLDConfig,
     TrainingConfig,
+    check_common,
+    check_curvature_ks,
     default_observer,
     device_info,
     generators,
@@ -60,7 +60,7 @@ from experiment import (
     is_int,
     is_number,
     log_traces,
-    make_optimizer,
+    model_dim,
     mse_loss,
     parse,
     progress,
@@ -69,6 +69,7 @@ from experiment import (
     save_artifacts,
     sgld_kwargs,
     thin,
+    train_sgd,
 )
 from models.dln import (
     DLN,
@@ -81,7 +82,7 @@ from models.dln import (
 )
 from sgld import SGLD, LLCResult, estimate_llc
 
-__all__ = ["TrueParamConfig", "ex", "functional_rank", "hessian_trace", "mse_loss"]
+__all__ = ["TrueParamConfig", "ex", "hessian_trace"]
 
 ex = Experiment("dln_lambdahat")
 
@@ -127,8 +128,8 @@ def config():
     do_training = False  # train a student from a random init and estimate λ̂ there too
     do_functional_rank = False  # rank and singular values of the output Jacobian at w* on test inputs
     do_hessian_trace = False  # Hutchinson estimate of tr ∇²L_test(w*)
-    do_top_eigs = 0  # k > 0: the k largest-magnitude eigenvalues of ∇²L_n where λ̂ is measured (Lanczos)
-    do_mask_overlap = 0  # k > 0: overlap of ∇²L_n's top-k eigenspace with the k largest-|w_i| mask, there
+    num_top_eigs = 0  # k > 0: the k largest-magnitude eigenvalues of ∇²L_n where λ̂ is measured (Lanczos)
+    mask_overlap_k = 0  # k > 0: overlap of ∇²L_n's top-k eigenspace with the k largest-|w_i| mask, there
     seed = 0  # root of all randomness (teacher, data, training, chains)
     save_true_param = False  # store w* as the artifact true_param.pt
     verbose = False  # print the teacher's ranks and show progress bars off a terminal too
@@ -183,14 +184,15 @@ class TrueParamConfig:
 @ex.capture
 def check_setup(
     sgld: SGLDConfig, training: TrainingConfig, expt_name, layer_widths, input_dim, input_dist,
-    num_training_data, itemp, num_test_data, do_functional_rank, do_top_eigs, do_mask_overlap,
+    num_training_data, itemp, num_test_data, do_functional_rank,
 ) -> None:
     """Validate the top-level config before any work, so a bad value fails in seconds.
 
     Raises:
         ValueError: Naming the first bad key, its value and the accepted range.
     """
-    require(expt_name is None or isinstance(expt_name, str), f"expt_name must be None or a str, got {expt_name!r}")
+    check_common(expt_name, itemp=itemp, num_train=num_training_data,
+                 batch_sizes={"sgld_config": sgld.batch_size, "training_config": training.batch_size})
     require(isinstance(layer_widths, list) and len(layer_widths) > 0
             and all(is_int(h) and h >= 1 for h in layer_widths),
             f"layer_widths must be a non-empty list of ints >= 1, e.g. '[10, 10]', got {layer_widths!r}")
@@ -198,14 +200,8 @@ def check_setup(
     require(input_dist in INPUT_DISTS, f"unknown input_dist {input_dist!r}; choose from {list(INPUT_DISTS)}")
     require(is_int(num_training_data) and num_training_data >= 2,
             f"num_training_data must be an int >= 2, got {num_training_data!r}")
-    require(is_number(itemp) and itemp > 0, f"itemp (β) must be a number > 0, got {itemp!r}")
     require(is_int(num_test_data) and num_test_data >= 1, f"num_test_data must be an int >= 1, got {num_test_data!r}")
-    for name, m in (("sgld_config", sgld.batch_size), ("training_config", training.batch_size)):
-        require(m <= num_training_data, f"{name}.batch_size must be <= num_training_data={num_training_data}, got {m}")
     dims = [input_dim, *layer_widths]
-    d = sum(a * b for a, b in zip(dims[:-1], dims[1:], strict=True))
-    for key, k in (("do_top_eigs", do_top_eigs), ("do_mask_overlap", do_mask_overlap)):
-        require(is_int(k) and 0 <= k < d, f"{key} must be an int in [0, d={d}) (0 = off), got {k!r}")
     entries = num_test_data * layer_widths[-1] * sum(a * b for a, b in zip(dims[:-1], dims[1:], strict=True))
     require(not do_functional_rank or entries <= MAX_JACOBIAN_ENTRIES,
             f"do_functional_rank needs a {num_test_data * layer_widths[-1]} x d Jacobian ({entries:.3g} entries > "
@@ -241,7 +237,7 @@ def describe_truth(model: DLN, input_dim, layer_widths, verbose) -> dict:
         print(f"teacher: rank W* = {rank}, layer ranks {layer_ranks}")
     return dict(
         true_lambda=lam, true_multiplicity=mult, true_rank=rank, true_layer_ranks=layer_ranks,
-        true_matrix_shape=[layer_widths[-1], input_dim], model_dim=sum(p.numel() for p in model.parameters()),
+        true_matrix_shape=[layer_widths[-1], input_dim], model_dim=model_dim(model),
     )
 
 
@@ -276,22 +272,12 @@ def train(data: SyntheticDLNData, training: TrainingConfig, generator: torch.Gen
     device, num_steps = data.device, training.num_steps
     model = DLN(input_dim, layer_widths).to(device).set_matrices(
         make_true_params(input_dim, layer_widths, "random", generator=generator, device=device))
-    opt = make_optimizer(model.parameters(), training)
     batches = torch.Generator(device=device).manual_seed(int_seed(generator))  # indices drawn where they are used
-    trace = torch.empty(num_steps, device=device)
-    for t in tqdm(range(num_steps), desc="training", disable=not progress(verbose)):
-        x, y = data.get_batch(torch.randint(len(data), (training.batch_size,), generator=batches, device=device))
-        loss = mse_loss(model(x), y)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        trace[t] = loss.detach()
-        if (t + 1) % CHECK_EVERY == 0 or t == num_steps - 1:
-            bad = torch.nonzero(~torch.isfinite(trace[: t + 1]))
-            if len(bad):
-                first = int(bad[0])
-                raise FloatingPointError(f"training loss is {float(trace[first])} at step {first}; lower "
-                                         f"training_config.learning_rate (now {training.learning_rate})")
+
+    def batch(t: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return data.get_batch(torch.randint(len(data), (training.batch_size,), generator=batches, device=device))
+
+    trace = train_sgd(model, mse_loss, batch, training, check_every=CHECK_EVERY, show_progress=progress(verbose))
     losses = trace.cpu().tolist()
     for t in thin(num_steps):
         _run.log_scalar("train/loss", losses[t], t)
@@ -299,8 +285,6 @@ def train(data: SyntheticDLNData, training: TrainingConfig, generator: torch.Gen
     return model, [[t, losses[t]] for t in range(num_steps) if t % summary_every == 0 or t == num_steps - 1]
 
 
-_flat_function = curvature.flat_function  # the name tests and tools import from here
-functional_rank = curvature.functional_rank
 
 
 def hessian_trace(model: DLN, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator,
@@ -347,15 +331,15 @@ def sgld_distances(model: DLN, data: SyntheticDLNData, sgld: SGLDConfig, epsilon
 
 
 @ex.capture
-def curvature_at(model: DLN, data: SyntheticDLNData, seed: int, num_training_data, do_top_eigs,
-                 do_mask_overlap) -> dict:
+def curvature_at(model: DLN, data: SyntheticDLNData, seed: int, num_training_data, num_top_eigs,
+                 mask_overlap_k) -> dict:
     """Top eigenvalues and mask overlap of the full-data Hessian ∇²L_n at the model (``curvature.curvature_summary``).
 
     Returns:
         ``top_eigenvalues`` and/or ``mask_overlap`` (see ``curvature.curvature_summary``).
     """
     xy = data.get_batch(torch.arange(num_training_data))
-    return curvature.curvature_summary(model, mse_loss, xy, top_eigs=do_top_eigs, mask_overlap_k=do_mask_overlap,
+    return curvature.curvature_summary(model, mse_loss, xy, top_eigs=num_top_eigs, mask_overlap_k=mask_overlap_k,
                                        seed=seed)
 
 
@@ -372,7 +356,7 @@ def _print_summary(result: LLCResult, truth: dict, label: str = "w*") -> None:
 
 @ex.main
 def run(_run, sgld_config, true_param_config, training_config, num_training_data, num_test_data, input_dist,
-        do_training, do_compute_distance, do_functional_rank, do_hessian_trace, do_top_eigs, do_mask_overlap,
+        do_training, do_compute_distance, do_functional_rank, do_hessian_trace, num_top_eigs, mask_overlap_k,
         save_true_param, seed, device) -> dict:
     """Device → teacher → data → λ̂(w*) [→ trained student → λ̂] → diagnostics → records.
 
@@ -386,6 +370,7 @@ def run(_run, sgld_config, true_param_config, training_config, num_training_data
     check_setup(sgld, training)
     g_teacher, g_data, g_test, g_train, g_sgld, g_extra = generators(seed, 6)
     teacher = make_teacher(teacher_cfg, g_teacher, dev)
+    check_curvature_ks(teacher, num_top_eigs=num_top_eigs, mask_overlap_k=mask_overlap_k)
     truth = describe_truth(teacher)
     data = SyntheticDLNData(teacher.product(), num_training_data, input_dist=input_dist, seed=int_seed(g_data))
     _run.info.update({**device_info(dev), **truth})
@@ -394,7 +379,7 @@ def run(_run, sgld_config, true_param_config, training_config, num_training_data
     log_traces(_run, result, "")
     arrays = {"loss_trace": result.loss_trace}
     _print_summary(result, truth)
-    curvature_wanted = bool(do_top_eigs or do_mask_overlap)
+    curvature_wanted = bool(num_top_eigs or mask_overlap_k)
     if curvature_wanted:
         _run.info["curvature_info"] = curvature_at(teacher, data, seed)
     if do_compute_distance:
@@ -404,7 +389,8 @@ def run(_run, sgld_config, true_param_config, training_config, num_training_data
     test = SyntheticDLNData(teacher.product(), num_test_data, input_dist=input_dist, seed=int_seed(g_test))
     x_test, y_test = test.get_batch(torch.arange(num_test_data))
     if do_functional_rank:
-        _run.info["functional_rank_info"], arrays["jacobian_singular_values"] = functional_rank(teacher, x_test)
+        _run.info["functional_rank_info"], arrays["jacobian_singular_values"] = curvature.functional_rank(teacher,
+                                                                                                     x_test)
     if do_hessian_trace:
         probes = torch.Generator(device=dev).manual_seed(int_seed(g_extra))  # z drawn where H z is computed
         _run.info["hessian_trace_estimate"] = hessian_trace(teacher, x_test, y_test, probes)

@@ -57,13 +57,14 @@ from experiment import (
     Experiment,
     SGLDConfig,
     TrainingConfig,
+    check_common,
     default_observer,
     device_info,
     generators,
     int_seed,
     is_int,
     is_number,
-    make_optimizer,
+    model_dim,
     mse_loss,
     parse,
     progress,
@@ -72,11 +73,12 @@ from experiment import (
     resolve_device,
     save_artifacts,
     sgld_kwargs,
+    train_sgd,
 )
 from models.dln import DLN, true_lambda
 from sgld import LLCResult, estimate_llc
 
-__all__ = ["CurvatureScaledDLN", "align_hidden_bases", "curvature_scaled", "ex", "logging_steps", "mse_loss",
+__all__ = ["CurvatureScaledDLN", "align_hidden_bases", "curvature_scaled", "ex", "logging_steps",
            "plateau_summary", "teacher_matrix"]
 
 ex = Experiment("dln_saddle_dynamics")
@@ -115,8 +117,8 @@ def config():
     log_at_steps = None  # a list of SGD steps in [0, num_steps]: estimate λ̂ there instead (the last step too)
     rank_threshold = 1.0  # a singular value of W counts toward its rank above this (teacher's smallest: 10)
     plateau_margin = 10.0  # plateau means use points whose singular values are this factor from rank_threshold
-    precondition = True  # SGLD in SVD-aligned, curvature-scaled coordinates (see curvature_scaled); False: raw weights
-    max_curvature = 300.0  # h₀: with precondition, coordinates stiffer than this (diagonal of ∇²nβL) are scaled to h₀
+    curvature_scaling = True  # SGLD in SVD-aligned, curvature-scaled coordinates (curvature_scaled); False: raw weights
+    max_curvature = 300.0  # h₀: with curvature_scaling, entries stiffer than this (diagonal of ∇²nβL) are scaled to h₀
     max_epsilon = 3e-4  # with epsilon "auto": rerun at this ε when the calibration picks a larger one (see estimate)
     seed = 42  # root of all randomness (data, init, training, chains)
     device = "auto"  # "auto" (cuda when available), "cpu", "cuda" or "cuda:<index>"
@@ -356,14 +358,15 @@ def curvature_scaled(model: DLN, x: torch.Tensor, nbeta: float, max_curvature: f
 @ex.capture
 def check_setup(sgld: SGLDConfig, training: TrainingConfig, expt_name, in_out_dim, width, num_hidden_layers,
                 initialisation_exponent, num_training_data, num_test_data, itemp, logging_period, log_spaced,
-                num_logging_points, log_at_steps, rank_threshold, plateau_margin, precondition, max_curvature,
+                num_logging_points, log_at_steps, rank_threshold, plateau_margin, curvature_scaling, max_curvature,
                 max_epsilon) -> None:
     """Validate the top-level config before any work, so a bad value fails in seconds.
 
     Raises:
         ValueError: Naming the first bad key, its value and the accepted range.
     """
-    require(expt_name is None or isinstance(expt_name, str), f"expt_name must be None or a str, got {expt_name!r}")
+    check_common(expt_name, itemp=itemp, num_train=num_training_data,
+                 batch_sizes={"sgld_config": sgld.batch_size, "training_config": training.batch_size})
     for key, value, low in (("in_out_dim", in_out_dim, 1), ("width", width, 1),
                             ("num_hidden_layers", num_hidden_layers, 0), ("num_training_data", num_training_data, 2),
                             ("num_test_data", num_test_data, 1), ("logging_period", logging_period, 1),
@@ -371,7 +374,6 @@ def check_setup(sgld: SGLDConfig, training: TrainingConfig, expt_name, in_out_di
         require(is_int(value) and value >= low, f"{key} must be an int >= {low}, got {value!r}")
     require(is_number(initialisation_exponent),
             f"initialisation_exponent must be a number, got {initialisation_exponent!r}")
-    require(is_number(itemp) and itemp > 0, f"itemp (β) must be a number > 0, got {itemp!r}")
     require(isinstance(log_spaced, bool), f"log_spaced must be True or False, got {log_spaced!r}")
     require(log_at_steps is None or (isinstance(log_at_steps, (list, tuple)) and len(log_at_steps) > 0 and all(
         is_int(t) and 0 <= t <= training.num_steps for t in log_at_steps)),
@@ -380,11 +382,9 @@ def check_setup(sgld: SGLDConfig, training: TrainingConfig, expt_name, in_out_di
     require(is_number(rank_threshold) and rank_threshold > 0, f"rank_threshold must be > 0, got {rank_threshold!r}")
     require(is_number(plateau_margin) and plateau_margin > 1,
             f"plateau_margin must be a number > 1, got {plateau_margin!r}")
-    require(isinstance(precondition, bool), f"precondition must be True or False, got {precondition!r}")
+    require(isinstance(curvature_scaling, bool), f"curvature_scaling must be True or False, got {curvature_scaling!r}")
     require(is_number(max_curvature) and max_curvature > 0, f"max_curvature must be > 0, got {max_curvature!r}")
     require(is_number(max_epsilon) and max_epsilon > 0, f"max_epsilon must be > 0, got {max_epsilon!r}")
-    for name, m in (("sgld_config", sgld.batch_size), ("training_config", training.batch_size)):
-        require(m <= num_training_data, f"{name}.batch_size must be <= num_training_data={num_training_data}, got {m}")
 
 
 @ex.capture
@@ -428,10 +428,10 @@ def describe(model: DLN, x_train: torch.Tensor, y_train: torch.Tensor, x_test: t
 
 @ex.capture
 def estimate(model: DLN, x_train: torch.Tensor, sgld: SGLDConfig, seed: int, num_training_data, itemp,
-             loss_trace_minibatch, precondition, max_curvature, max_epsilon) -> LLCResult:
+             loss_trace_minibatch, curvature_scaling, max_curvature, max_epsilon) -> LLCResult:
     """λ̂ at the current parameters against the network's own outputs (realisable), nβ = n · itemp.
 
-    With ``precondition``, SGLD runs on ``curvature_scaled(model)`` (same function, same λ). With
+    With ``curvature_scaling``, SGLD runs on ``curvature_scaled(model)`` (same function, same λ). With
     ``epsilon="auto"``, a calibrated ε above ``max_epsilon`` is replaced by it (the chains are rerun):
     near the rank-0 saddle the loss is of degree 2N in the weights, so its Hessian at w* is ~0 and
     ``sgld.calibrate_epsilon`` takes a large step (~2e-3 here), yet the sampled region is curved;
@@ -442,7 +442,7 @@ def estimate(model: DLN, x_train: torch.Tensor, sgld: SGLDConfig, seed: int, num
         The estimator's ``LLCResult``.
     """
     nbeta = num_training_data * itemp
-    if precondition:
+    if curvature_scaling:
         model = curvature_scaled(model, x_train, nbeta, max_curvature)
     with torch.no_grad():
         y_own = model(x_train)
@@ -468,40 +468,32 @@ def train_and_track(model: DLN, data: tuple, training: TrainingConfig, sgld: SGL
         FloatingPointError: If the training loss becomes NaN or infinite.
     """
     x_train, y_train, x_test, y_test = data
-    opt = make_optimizer(model.parameters(), training)
     if log_at_steps is None:
         todo = logging_steps(training.num_steps, logging_period, log_spaced, num_logging_points)
     else:
         todo = sorted({int(t) for t in log_at_steps} | {training.num_steps})
     rows, device = [], x_train.device
-    bar = tqdm(total=training.num_steps, desc="training", disable=not progress(verbose))
-    for t in range(training.num_steps + 1):
-        if t == todo[len(rows)]:
-            values = describe(model, x_train, y_train, x_test, y_test)
-            result = estimate(model, x_train, sgld, int_seed(g_sgld))
-            for key, value in values.items():
-                _run.log_scalar(key, value, t)
-            record_llc(_run, result, t)
-            rank = values["rank/product"]
-            rows.append(dict(step=t, lambdahat=result.lambdahat, lambdahat_std=result.lambdahat_std,
-                             rank=rank, true_lambda=values["true/lambda"], train_loss=values["train/loss"],
-                             test_loss=values["test/loss"], sv_last=values.get(f"product/sv{rank - 1}", math.nan),
-                             sv_next=values.get(f"product/sv{rank}", math.nan)))
-            if verbose:
-                tqdm.write(f"step {t}: loss {values['train/loss']:.4g}, rank {values['rank/product']}, "
-                           f"λ = {values['true/lambda']:g}, λ̂ = {result.lambdahat:.3f} ± {result.lambdahat_std:.2f}")
-        if t == training.num_steps:
-            break
+
+    def batch(t: int) -> tuple[torch.Tensor, torch.Tensor]:
         idx = torch.randint(len(x_train), (training.batch_size,), generator=g_train).to(device)
-        loss = mse_loss(model(x_train[idx]), y_train[idx])
-        if not math.isfinite(loss.item()):
-            raise FloatingPointError(f"training loss is {loss.item()} at step {t}; lower "
-                                     f"training_config.learning_rate (now {training.learning_rate})")
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        bar.update()
-    bar.close()
+        return x_train[idx], y_train[idx]
+
+    def measure(t: int) -> None:
+        values = describe(model, x_train, y_train, x_test, y_test)
+        result = estimate(model, x_train, sgld, int_seed(g_sgld))
+        for key, value in values.items():
+            _run.log_scalar(key, value, t)
+        record_llc(_run, result, t)
+        rank = values["rank/product"]
+        rows.append(dict(step=t, lambdahat=result.lambdahat, lambdahat_std=result.lambdahat_std,
+                         rank=rank, true_lambda=values["true/lambda"], train_loss=values["train/loss"],
+                         test_loss=values["test/loss"], sv_last=values.get(f"product/sv{rank - 1}", math.nan),
+                         sv_next=values.get(f"product/sv{rank}", math.nan)))
+        if verbose:
+            tqdm.write(f"step {t}: loss {values['train/loss']:.4g}, rank {values['rank/product']}, "
+                       f"λ = {values['true/lambda']:g}, λ̂ = {result.lambdahat:.3f} ± {result.lambdahat_std:.2f}")
+
+    train_sgd(model, mse_loss, batch, training, measure_at=todo, measure=measure, show_progress=progress(verbose))
     return pd.DataFrame(rows)
 
 
@@ -541,7 +533,7 @@ def run(_run, sgld_config, training_config, in_out_dim, num_training_data, num_t
     data = tuple(t.to(dev) for t in (x_train, x_train @ teacher.T, x_test, x_test @ teacher.T))
     model = make_student(g_init).to(dev)
     _run.info.update(device_info(dev), rank_threshold=rank_threshold,
-                     model_dim=sum(p.numel() for p in model.parameters()))
+                     model_dim=model_dim(model))
     curve = train_and_track(model, data, training, sgld, g_train, g_sgld)
     plateaus = plateau_summary(curve, rank_threshold=rank_threshold, margin=plateau_margin)
     _run.info["plateaus"] = plateaus

@@ -1,7 +1,7 @@
 """Top-k Hessian eigenspaces against top-k magnitude masks along SGD training (the masks study, small scale).
 
 A small MLP (64 → 93 → 10 on sklearn's 8×8 digits, 6,985 parameters, as the study's ``mnist_mini``)
-is trained with SGD. At each step of ``eval_steps`` the full-data Hessian of the training
+is trained with SGD. At each step of ``log_at_steps`` the full-data Hessian of the training
 cross-entropy is formed (d Hessian-vector products) and its top-k eigenpairs computed by a direct
 solver (``curvature.top_eigs_exact``: exact top-k eigenspace Q), a sketched top-k eigenspace
 Q̃ is computed from ``num_measurements`` random products (``curvature.top_eigs_sketched``, skerch),
@@ -12,7 +12,7 @@ evaluation step takes about 2 minutes on one busy CPU core (forming H about 1, t
 eigensolver about 1), so the default four steps and the training take about 10 minutes.
 
     python expt_hessian_masks.py -F outputs/hessian_masks
-    python expt_hessian_masks.py -F outputs/hessian_masks with hidden_width=20 'eval_steps=[0, 50, 200]'
+    python expt_hessian_masks.py -F outputs/hessian_masks with hidden_width=20 'log_at_steps=[0, 50, 200]'
 
 Metrics at each evaluated step: ``train/loss``, ``overlap/exact/k<k>``, ``overlap/sketch/k<k>``,
 ``geodesic/exact/k<k>``, ``geodesic/sketch/k<k>``, ``overlap/random/k<k>`` (k/d, a random
@@ -32,15 +32,17 @@ import curvature
 from experiment import (
     Experiment,
     TrainingConfig,
+    check_common,
     default_observer,
     device_info,
     generators,
     int_seed,
     is_int,
-    make_optimizer,
+    model_dim,
     parse,
     require,
     resolve_device,
+    train_sgd,
 )
 from models.mlp import MLP
 
@@ -61,7 +63,7 @@ def config():
         "batch_size": 64,  # minibatch
         "num_steps": 2000,  # training steps
     }
-    eval_steps = [0, 100, 500, 2000]  # training steps at which the Hessian is analysed (about 2 min each on a CPU core)
+    log_at_steps = [0, 100, 500, 2000]  # training steps at which the Hessian is analysed (~2 min each on a CPU core)
     ks = [5, 20, 50, 100]  # sizes k of the eigenspace and of the mask
     num_measurements = 300  # sketch size s (≥ max k): products H Ω for the sketched eigenspace
     device = "auto"  # auto | cpu | cuda | cuda:<i>
@@ -79,18 +81,19 @@ def digits(dev: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 @ex.capture
-def check_setup(training: TrainingConfig, hidden_width, eval_steps, ks, num_measurements) -> None:
+def check_setup(training: TrainingConfig, expt_name, hidden_width, log_at_steps, ks, num_measurements) -> None:
     """Validate the top-level config.
 
     Raises:
         ValueError: Naming the bad key and value.
     """
-    d = 75 * hidden_width + 10 if is_int(hidden_width) else 0
+    check_common(expt_name)
     require(is_int(hidden_width) and hidden_width >= 1, f"hidden_width must be an int >= 1, got {hidden_width!r}")
-    require(isinstance(eval_steps, list) and eval_steps and all(is_int(t) and 0 <= t <= training.num_steps
-                                                                  for t in eval_steps),
-            f"eval_steps must be a list of ints in [0, training_config.num_steps={training.num_steps}], "
-            f"got {eval_steps!r}")
+    d = model_dim(MLP(64, [hidden_width], 10))
+    require(isinstance(log_at_steps, list) and log_at_steps and all(is_int(t) and 0 <= t <= training.num_steps
+                                                                  for t in log_at_steps),
+            f"log_at_steps must be a list of ints in [0, training_config.num_steps={training.num_steps}], "
+            f"got {log_at_steps!r}")
     require(isinstance(ks, list) and ks and all(is_int(k) and 1 <= k < d for k in ks),
             f"ks must be a list of ints in [1, d={d}), got {ks!r}")
     require(is_int(num_measurements) and max(ks) <= num_measurements <= d,
@@ -130,11 +133,11 @@ def analyse(_run, model: nn.Module, data, step: int, seed: int, ks, num_measurem
 
 
 @ex.main
-def run(_run, training_config, hidden_width, eval_steps, device, seed) -> dict:
+def run(_run, training_config, hidden_width, log_at_steps, device, seed) -> dict:
     """Train with SGD; at each evaluation step analyse the Hessian; record.
 
     Returns:
-        ``{"model_dim", "eval_steps"}``; the per-step analyses are in the run's info (``per_step``).
+        ``{"model_dim", "log_at_steps"}``; the per-step analyses are in the run's info (``per_step``).
     """
     training = parse(TrainingConfig, "training_config", training_config)
     check_setup(training)
@@ -149,23 +152,21 @@ def run(_run, training_config, hidden_width, eval_steps, device, seed) -> dict:
             for p in layer.parameters():
                 p.copy_(torch.rand(p.shape, generator=g_init) * 2 * bound - bound)
     model = model.to(dev)
-    opt = make_optimizer(model.parameters(), training)
-    records, todo = [], set(eval_steps)
-    for t in range(training.num_steps + 1):
-        if t in todo:
-            records.append(analyse(_run, model, (x, y), t, int_seed(g_sketch) % 2**31))
-            _run.info["per_step"] = records
-        if t == training.num_steps:
-            break
+    records = []
+
+    def batch(t: int) -> tuple[torch.Tensor, torch.Tensor]:
         idx = torch.randint(len(x), (training.batch_size,), generator=g_batch).to(dev)
-        loss = nn.functional.cross_entropy(model(x[idx]), y[idx])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        if t % 10 == 0:
-            _run.log_scalar("train/loss", loss.item(), t)
-    _run.info["model_dim"] = sum(p.numel() for p in model.parameters())
-    return {"model_dim": _run.info["model_dim"], "eval_steps": eval_steps}
+        return x[idx], y[idx]
+
+    def measure(t: int) -> None:
+        records.append(analyse(_run, model, (x, y), t, int_seed(g_sketch) % 2**31))
+        _run.info["per_step"] = records
+
+    losses = train_sgd(model, nn.functional.cross_entropy, batch, training, measure_at=log_at_steps, measure=measure)
+    for t in range(0, training.num_steps, 10):
+        _run.log_scalar("train/loss", float(losses[t]), t)
+    _run.info["model_dim"] = model_dim(model)
+    return {"model_dim": _run.info["model_dim"], "log_at_steps": log_at_steps}
 
 
 observe_by_default = default_observer(ex, "hessian_masks")

@@ -39,10 +39,10 @@ At a checkpoint:
 The run's info holds the last checkpoint's ``LLCResult.to_dict()`` (λ̂ and every diagnostic),
 ``sgd_temperature``, ``model_dim``, ``num_train``, ``num_test``, the data's ``normalisation``,
 the device, and ``checkpoints``: one dict per checkpoint (step, λ̂, its std, R̂, losses, accuracies).
-With ``do_top_eigs=k`` (0 = off) the k largest-magnitude eigenvalues of the Hessian of the loss
+With ``num_top_eigs=k`` (0 = off) the k largest-magnitude eigenvalues of the Hessian of the loss
 λ̂ is measured on (same data and targets, eval mode) are logged at each checkpoint as
 ``hessian/top_eig1`` … ``hessian/top_eig<k>`` (Lanczos, ``curvature.curvature_summary``); with
-``do_mask_overlap=k`` the overlap ‖M Q‖²_F/k of its top-k eigenspace Q with the mask M of the k
+``mask_overlap_k=k`` the overlap ‖M Q‖²_F/k of its top-k eigenspace Q with the mask M of the k
 largest-|w_i| parameters as ``hessian/mask_overlap`` (≈ k/d for unrelated subspaces) and the
 Grassmann distance between the two as ``hessian/mask_geodesic``. Both also go into the checkpoint rows.
 ``do_plot=True`` stores ``llc_over_training.png`` (``plots.llc_over_training``) as an artifact.
@@ -63,7 +63,6 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from tqdm import tqdm
 
 import curvature
 import data as datasets
@@ -71,13 +70,15 @@ from experiment import (
     Experiment,
     SGLDConfig,
     TrainingConfig,
+    check_common,
+    check_curvature_ks,
     default_observer,
     device_info,
     generators,
     int_seed,
     is_int,
     is_number,
-    make_optimizer,
+    model_dim,
     parse,
     progress,
     record_llc,
@@ -86,6 +87,7 @@ from experiment import (
     save_artifacts,
     sgld_kwargs,
     thin,
+    train_sgd,
 )
 from models import make_model
 from sgld import LLCResult, estimate_llc
@@ -145,8 +147,8 @@ def config():
     logging_period = 1000  # steps between checkpoints (λ̂, losses, accuracies)
     verbose = False  # progress bars and per-checkpoint lines even without a terminal
     do_plot = False  # store the λ̂-over-training figure as an artifact
-    do_top_eigs = 0  # k > 0: log the k largest-magnitude Hessian eigenvalues where λ̂ is measured (Lanczos)
-    do_mask_overlap = 0  # k > 0: log the overlap of the Hessian's top-k eigenspace with the k largest-|w_i| mask
+    num_top_eigs = 0  # k > 0: log the k largest-magnitude Hessian eigenvalues where λ̂ is measured (Lanczos)
+    mask_overlap_k = 0  # k > 0: log the overlap of the Hessian's top-k eigenspace with the k largest-|w_i| mask
 
 
 @ex.named_config
@@ -368,32 +370,21 @@ def load_data(md: ModelDataConfig, generator: torch.Generator) -> datasets.Data:
 
 
 @ex.capture
-def check_setup(expt_name, logging_period, force_realisable, loss_trace_minibatch, verbose, do_plot, do_top_eigs,
-                do_mask_overlap) -> None:
+def check_setup(expt_name, logging_period, force_realisable, loss_trace_minibatch, verbose, do_plot, num_top_eigs,
+                mask_overlap_k) -> None:
     """Validate the top-level config before any work, so a bad value fails in seconds.
 
     Raises:
         ValueError: Naming the first bad key, its value and the accepted range.
     """
-    require(expt_name is None or isinstance(expt_name, str), f"expt_name must be None or a str, got {expt_name!r}")
+    check_common(expt_name)
     require(is_int(logging_period) and logging_period >= 1,
             f"logging_period must be an int >= 1, got {logging_period!r}")
     for key, v in (("force_realisable", force_realisable), ("loss_trace_minibatch", loss_trace_minibatch),
                    ("verbose", verbose), ("do_plot", do_plot)):
         require(isinstance(v, bool), f"{key} must be True or False, got {v!r}")
-    for key, k in (("do_top_eigs", do_top_eigs), ("do_mask_overlap", do_mask_overlap)):
+    for key, k in (("num_top_eigs", num_top_eigs), ("mask_overlap_k", mask_overlap_k)):
         require(is_int(k) and k >= 0, f"{key} must be an int >= 0 (0 = off), got {k!r}")
-
-
-def check_curvature(model: nn.Module, do_top_eigs: int, do_mask_overlap: int) -> None:
-    """Lanczos needs k < d.
-
-    Raises:
-        ValueError: Naming the key whose k is not below the model's d.
-    """
-    d = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    for key, k in (("do_top_eigs", do_top_eigs), ("do_mask_overlap", do_mask_overlap)):
-        require(k < d, f"{key} must be an int in [0, d={d}) (0 = off), got {k!r}")
 
 
 def check_sizes(sgld: SGLDConfig, training: CurveTrainingConfig, d: datasets.Data) -> None:
@@ -402,10 +393,8 @@ def check_sizes(sgld: SGLDConfig, training: CurveTrainingConfig, d: datasets.Dat
     Raises:
         ValueError: Naming the batch size that does not fit.
     """
-    n = len(d.x_train)
-    for name, m in (("sgld_config", sgld.batch_size), ("training_config", training.batch_size)):
-        require(m <= n, f"{name}.batch_size={m} exceeds the {n} training samples; lower it or raise "
-                        "model_data_config.ptr")
+    check_common(None, num_train=len(d.x_train), fix="raise model_data_config.ptr",
+                 batch_sizes={"sgld_config": sgld.batch_size, "training_config": training.batch_size})
 
 
 @torch.no_grad()
@@ -463,7 +452,7 @@ def estimate(model: nn.Module, loss_fn, d: datasets.Data, sgld: SGLDConfig, seed
 
 
 @ex.capture
-def curvature_at(model: nn.Module, loss_fn, d: datasets.Data, seed: int, do_top_eigs, do_mask_overlap) -> dict:
+def curvature_at(model: nn.Module, loss_fn, d: datasets.Data, seed: int, num_top_eigs, mask_overlap_k) -> dict:
     """Top Hessian eigenvalues and mask overlap of the loss λ̂ is measured on, at w_t, as metrics.
 
     The model is put in eval mode, as for sampling (BatchNorm on running statistics), so the loss
@@ -473,13 +462,13 @@ def curvature_at(model: nn.Module, loss_fn, d: datasets.Data, seed: int, do_top_
         ``{"hessian/top_eig<i>": λ_i, …, "hessian/mask_overlap", "hessian/mask_geodesic"}`` for the
         options that are on; empty when both are off.
     """
-    if not (do_top_eigs or do_mask_overlap):
+    if not (num_top_eigs or mask_overlap_k):
         return {}
     data, fn = measured_loss(model, loss_fn, d)
     was_training = model.training
     model.eval()
     try:
-        summary = curvature.curvature_summary(model, fn, data, top_eigs=do_top_eigs, mask_overlap_k=do_mask_overlap,
+        summary = curvature.curvature_summary(model, fn, data, top_eigs=num_top_eigs, mask_overlap_k=mask_overlap_k,
                                               seed=seed)
     finally:
         model.train(was_training)
@@ -520,36 +509,34 @@ def train_and_measure(model: nn.Module, loss_fn, d: datasets.Data, sgld: SGLDCon
     Raises:
         FloatingPointError: If the training loss becomes NaN or infinite.
     """
-    opt = make_optimizer(model.parameters(), training, weight_decay=training.l2_regularization or 0.0)
     temperature = training.learning_rate / training.batch_size
-    n, batch, last = len(d.x_train), training.batch_size, training.num_steps - 1
-    logged, rows, order, pos = set(thin(training.num_steps)), [], torch.empty(0, dtype=torch.long), n
+    n, batch_size, last = len(d.x_train), training.batch_size, training.num_steps - 1
+    rows, results, epoch = [], [], {"order": torch.empty(0, dtype=torch.long), "pos": n}
+
+    def batch(t: int) -> tuple[Tensor, Tensor]:
+        if epoch["pos"] + batch_size > n:  # a new epoch: reshuffle
+            epoch["order"], epoch["pos"] = torch.randperm(n, generator=g_batch).to(device), 0
+        idx = epoch["order"][epoch["pos"]: epoch["pos"] + batch_size]
+        epoch["pos"] += batch_size
+        return d.x_train[idx], d.y_train[idx]
+
+    def measure(t: int) -> None:
+        seed = int_seed(g_sgld)
+        results.append(estimate(model, loss_fn, d, sgld, seed, device))
+        rows.append(checkpoint(_run, t, model, loss_fn, d, results[-1], temperature, seed))
+        if verbose:
+            print(f"step {t}: λ̂ = {results[-1].lambdahat:.4g} ± {results[-1].lambdahat_std:.2g}, train loss "
+                  f"{rows[-1]['train/loss']:.4g}, test loss {rows[-1]['test/loss']:.4g}, "
+                  f"test acc {rows[-1]['test/accuracy']:.3f}")
+
     model.train()
-    for t in tqdm(range(training.num_steps), desc="training", disable=not progress(verbose)):
-        if t % logging_period == 0 or t == last:
-            seed = int_seed(g_sgld)
-            result = estimate(model, loss_fn, d, sgld, seed, device)
-            rows.append(checkpoint(_run, t, model, loss_fn, d, result, temperature, seed))
-            if verbose:
-                print(f"step {t}: λ̂ = {result.lambdahat:.4g} ± {result.lambdahat_std:.2g}, train loss "
-                      f"{rows[-1]['train/loss']:.4g}, test loss {rows[-1]['test/loss']:.4g}, "
-                      f"test acc {rows[-1]['test/accuracy']:.3f}")
-        if t == last:
-            break
-        if pos + batch > n:  # a new epoch: reshuffle
-            order, pos = torch.randperm(n, generator=g_batch).to(device), 0
-        idx = order[pos: pos + batch]
-        pos += batch
-        loss = loss_fn(model(d.x_train[idx]), d.y_train[idx])
-        if not math.isfinite(loss.item()):
-            raise FloatingPointError(f"training loss is {loss.item()} at step {t}; lower "
-                                     f"training_config.learning_rate (now {training.learning_rate})")
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        if t in logged:
-            _run.log_scalar("train/batch_loss", loss.item(), t)
-    return rows, result
+    checkpoints = [t for t in range(training.num_steps) if t % logging_period == 0 or t == last]
+    losses = train_sgd(model, loss_fn, batch, training, num_steps=last, weight_decay=training.l2_regularization or 0.0,
+                       measure_at=checkpoints, measure=measure, show_progress=progress(verbose)).tolist()
+    for t in thin(training.num_steps):
+        if t < last:
+            _run.log_scalar("train/batch_loss", losses[t], t)
+    return rows, results[-1]
 
 
 def plot_curve(rows: list[dict]):
@@ -574,8 +561,8 @@ def _to_device(d: datasets.Data, device: torch.device) -> datasets.Data:
 
 
 @ex.main
-def run(_run, sgld_config, model_data_config, training_config, device, seed, do_plot, do_top_eigs,
-        do_mask_overlap) -> dict:
+def run(_run, sgld_config, model_data_config, training_config, device, seed, do_plot, num_top_eigs,
+        mask_overlap_k) -> dict:
     """Data → model → train, with λ̂ and losses at every checkpoint → records.
 
     Returns:
@@ -591,9 +578,9 @@ def run(_run, sgld_config, model_data_config, training_config, device, seed, do_
     check_sizes(sgld, training, d)
     d = _to_device(d, dev)
     model = build_model(md, d, g_init).to(dev)
-    check_curvature(model, do_top_eigs, do_mask_overlap)
+    check_curvature_ks(model, num_top_eigs=num_top_eigs, mask_overlap_k=mask_overlap_k)
     loss_fn = make_loss(md.loss, md.alpha)
-    _run.info.update(device_info(dev), model_dim=sum(p.numel() for p in model.parameters() if p.requires_grad),
+    _run.info.update(device_info(dev), model_dim=model_dim(model),
                      num_train=len(d.x_train), num_test=len(d.x_test), normalisation=d.normalisation,
                      sgd_temperature=training.learning_rate / training.batch_size,
                      num_noisy_labels=int(d.noisy.sum()))

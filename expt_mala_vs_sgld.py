@@ -26,6 +26,7 @@ import torch
 from experiment import (
     Experiment,
     SGLDConfig,
+    check_common,
     default_observer,
     device_info,
     generators,
@@ -33,6 +34,7 @@ from experiment import (
     is_int,
     is_number,
     log_traces,
+    model_dim,
     mse_loss,
     parse,
     progress,
@@ -83,7 +85,7 @@ def check_setup(sgld: SGLDConfig, expt_name, input_dim, layer_widths, num_traini
     Raises:
         ValueError: Naming the first bad key, its value and the accepted range.
     """
-    require(expt_name is None or isinstance(expt_name, str), f"expt_name must be None or a str, got {expt_name!r}")
+    check_common(expt_name, itemp=itemp, num_train=num_training_data, batch_sizes={"sgld_config": sgld.batch_size})
     require(is_int(input_dim) and input_dim >= 1, f"input_dim must be an int >= 1, got {input_dim!r}")
     require(isinstance(layer_widths, list) and len(layer_widths) >= 2 and all(is_int(h) and h >= 1
                                                                               for h in layer_widths),
@@ -91,13 +93,10 @@ def check_setup(sgld: SGLDConfig, expt_name, input_dim, layer_widths, num_traini
     require(is_int(num_training_data) and num_training_data >= 2,
             f"num_training_data must be an int >= 2, got {num_training_data!r}")
     require(is_number(input_bound) and input_bound > 0, f"input_bound must be > 0, got {input_bound!r}")
-    require(is_number(itemp) and itemp > 0, f"itemp (β) must be a number > 0, got {itemp!r}")
     require(sampler in SAMPLERS, f"unknown sampler {sampler!r}; choose from {list(SAMPLERS)}")
     require(is_int(mala_eval_batch_size) and mala_eval_batch_size >= 1,
             f"mala_eval_batch_size must be an int >= 1, got {mala_eval_batch_size!r}")
     require(sgld.epsilon != "auto", "sgld_config.epsilon must be a number here: both samplers use the same ε")
-    require(sgld.batch_size <= num_training_data,
-            f"sgld_config.batch_size must be <= num_training_data={num_training_data}, got {sgld.batch_size}")
 
 
 
@@ -136,7 +135,7 @@ def run(_run, sgld_config, input_dim, layer_widths, num_training_data, input_bou
     result = estimate(teacher.to(dev), (x.to(dev), y.to(dev)), sgld, int_seed(g_chains), dev)
     _run.info.update(result.to_dict())
     _run.info.update(sampler=sampler, wall_time_s=result.wall_time,
-                     model_dim=sum(p.numel() for p in teacher.parameters()), **device_info(dev))
+                     model_dim=model_dim(teacher), **device_info(dev))
     log_traces(_run, result)
     save_artifacts(_run, arrays={"loss_traces.npz": {"loss_trace": result.loss_trace}})
     print(f"{sampler} at n = {num_training_data}: {result}; {result.wall_time:.1f} s")

@@ -26,6 +26,7 @@ import curvature
 from experiment import (
     Experiment,
     SGLDConfig,
+    check_common,
     default_observer,
     device_info,
     generators,
@@ -52,9 +53,9 @@ def config():
     d = 100_000  # number of parameters
     ranks = [10, 100, 1000, 10_000, 100_000]  # r values, each ≤ d: λ = r/2
     num_training_data = 10_000  # n (the potential ignores the data; n fixes nβ)
-    nbeta = num_training_data / math.log(num_training_data)  # nβ, inverse temperature times n
+    itemp = 1 / math.log(num_training_data)  # β, inverse temperature; nβ = n · itemp
     sgld_config = {
-        "epsilon": 0.05 / (2 * nbeta),  # ε, SGLD step size: ε·a = 0.05 along the curvature a = 2nβ
+        "epsilon": 0.05 / (2 * num_training_data * itemp),  # ε, SGLD step size: ε·a = 0.05 along the curvature a = 2nβ
         "gamma": 1.0,  # γ, localization strength
         "num_steps": 3000,  # SGLD steps per chain, burn-in included
         "num_chains": 4,  # chains
@@ -72,13 +73,17 @@ def config():
 
 
 @ex.capture
-def check_setup(d, ranks, rank_method, max_sketch, num_top_eigs, trace_probes) -> None:
+def check_setup(expt_name, d, ranks, num_training_data, itemp, rank_method, max_sketch, num_top_eigs,
+                trace_probes) -> None:
     """Validate the top-level config before any work.
 
     Raises:
         ValueError: Naming the bad key and value.
     """
+    check_common(expt_name, itemp=itemp)
     require(is_int(d) and d >= 2, f"d must be an int >= 2, got {d!r}")
+    require(is_int(num_training_data) and num_training_data >= 2,
+            f"num_training_data must be an int >= 2, got {num_training_data!r}")
     require(isinstance(ranks, list) and ranks and all(is_int(r) and 1 <= r <= d for r in ranks),
             f"ranks must be a non-empty list of ints in [1, d={d}], got {ranks!r}")
     require(rank_method in curvature.RANK_METHODS,
@@ -89,7 +94,7 @@ def check_setup(d, ranks, rank_method, max_sketch, num_top_eigs, trace_probes) -
 
 
 @ex.capture
-def measure(r: int, sgld: SGLDConfig, dev: torch.device, gen: torch.Generator, d, num_training_data, nbeta,
+def measure(r: int, sgld: SGLDConfig, dev: torch.device, gen: torch.Generator, d, num_training_data, itemp,
             rank_method, rank_rtol, max_sketch, num_top_eigs, trace_probes, verbose) -> dict:
     """λ̂, rank, trace and top eigenvalues for one r.
 
@@ -99,8 +104,8 @@ def measure(r: int, sgld: SGLDConfig, dev: torch.device, gen: torch.Generator, d
     model = MinimallySingular(d, r).to(dev)
     data = tuple(t.to(dev) for t in toy_data(num_training_data))
     t0 = time.perf_counter()
-    res = estimate_llc(model, model.loss_fn, data, **sgld_kwargs(sgld), nbeta=nbeta, seed=int_seed(gen),
-                       progress=progress(verbose))
+    res = estimate_llc(model, model.loss_fn, data, **sgld_kwargs(sgld), nbeta=num_training_data * itemp,
+                       seed=int_seed(gen), progress=progress(verbose))
     t_llc = time.perf_counter() - t0
     H = curvature.hessian_operator(model, model.loss_fn, data)
     t0 = time.perf_counter()

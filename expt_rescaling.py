@@ -28,12 +28,14 @@ import torch
 from experiment import (
     Experiment,
     SGLDConfig,
+    check_common,
     default_observer,
     generators,
     int_seed,
     is_int,
     is_number,
     log_traces,
+    model_dim,
     mse_loss,
     parse,
     progress,
@@ -131,7 +133,7 @@ def check_setup(sgld: SGLDConfig, expt_name, input_dim, layer_widths, num_copies
     Raises:
         ValueError: Naming the first bad key, its value and the accepted range.
     """
-    require(expt_name is None or isinstance(expt_name, str), f"expt_name must be None or a str, got {expt_name!r}")
+    check_common(expt_name, itemp=itemp, num_train=num_training_data, batch_sizes={"sgld_config": sgld.batch_size})
     require(is_int(input_dim) and input_dim >= 1, f"input_dim must be an int >= 1, got {input_dim!r}")
     require(isinstance(layer_widths, list) and len(layer_widths) == 2 and all(is_int(h) and h >= 1
                                                                               for h in layer_widths),
@@ -142,14 +144,11 @@ def check_setup(sgld: SGLDConfig, expt_name, input_dim, layer_widths, num_copies
     require(is_int(num_training_data) and num_training_data >= 2,
             f"num_training_data must be an int >= 2, got {num_training_data!r}")
     require(is_number(input_bound) and input_bound > 0, f"input_bound must be > 0, got {input_bound!r}")
-    require(is_number(itemp) and itemp > 0, f"itemp (β) must be a number > 0, got {itemp!r}")
     require(is_number(scale) and scale > 0, f"scale (α) must be a number > 0, got {scale!r}")
     require(preconditioner in PRECONDITIONERS,
             f"unknown preconditioner {preconditioner!r}; choose from {list(PRECONDITIONERS)}")
     require(sgld_seed is None or (is_int(sgld_seed) and sgld_seed >= 0),
             f"sgld_seed must be None or an int >= 0, got {sgld_seed!r}")
-    require(sgld.batch_size <= num_training_data,
-            f"sgld_config.batch_size must be <= num_training_data={num_training_data}, got {sgld.batch_size}")
 
 
 
@@ -186,7 +185,7 @@ def run(_run, sgld_config, input_dim, layer_widths, num_copies, scale, precondit
     result = estimate(rescale(teacher, scale), data, sgld, chain_seed)
     _run.info.update(result.to_dict())
     _run.info.update(scale=scale, preconditioner_name=preconditioner,
-                     model_dim=sum(p.numel() for p in teacher.parameters()))
+                     model_dim=model_dim(teacher))
     log_traces(_run, result)
     save_artifacts(_run, arrays={"loss_traces.npz": {"loss_trace": result.loss_trace}})
     print(f"α = {scale:g}, preconditioner {preconditioner}: {result}")

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from sweep import grid_main
+from sweep import config_word, grid_main, observer_flag
 
 __all__ = ["Grid", "make_commands", "main"]
 
@@ -56,23 +56,6 @@ class Grid:
             raise ValueError(f"num_seeds must be >= 0, got {self.num_seeds}")
 
 
-def _with(key: str, value: object) -> str:
-    """``key=value`` for Sacred; strings and lists single-quoted for the shell (``layer_widths='[3, 4]'``).
-
-    Returns:
-        The ``key=value`` word of the command line.
-
-    Raises:
-        ValueError: If a string or list value contains a single quote.
-    """
-    if isinstance(value, (str, list)):
-        text = str(value)
-        if "'" in text:
-            raise ValueError(f"{key} must not contain a single quote, got {text!r}")
-        return f"{key}='{text}'"
-    return f"{key}={value}"
-
-
 def make_commands(grid: Grid) -> list[str]:
     """One command per seed, in seed order; the same ``grid`` always gives the same list.
 
@@ -83,7 +66,7 @@ def make_commands(grid: Grid) -> list[str]:
         Shell command lines ``python expt_dln.py <observer> with <key=value ...>``.
     """
     rng = np.random.default_rng(grid.seed)
-    observer = f"-m {grid.mongo_db}" if grid.mongo_db else f"-F {grid.output_dir}/{grid.name}/"
+    observer = observer_flag(grid.name, grid.output_dir, grid.mongo_db)
     commands = []
     for seed in range(grid.num_seeds):
         depth = int(rng.integers(grid.min_layers, grid.max_layers + 1))
@@ -91,24 +74,24 @@ def make_commands(grid: Grid) -> list[str]:
         if grid.output_dim is not None:
             widths[-1] = grid.output_dim
         updates = [
-            _with("expt_name", grid.name),
-            _with("num_training_data", grid.num_training_data),
-            _with("input_dim", widths[0]),
-            _with("layer_widths", widths[1:]),
-            _with("true_param_config.method", grid.method),
-            _with("true_param_config.prop_rank_reduce", grid.prop_rank_reduce),
-            _with("sgld_config.epsilon", grid.epsilon),
-            _with("sgld_config.gamma", grid.gamma),
-            _with("sgld_config.num_steps", grid.num_steps),
-            _with("sgld_config.num_chains", grid.num_chains),
-            _with("sgld_config.batch_size", grid.batch_size),
-            _with("sgld_config.num_burnin_steps", 0),
-            _with("do_training", grid.do_training),
-            _with("training_config.optim", grid.optim),
-            _with("training_config.learning_rate", grid.learning_rate),
-            _with("training_config.batch_size", grid.training_batch_size),
-            _with("training_config.num_steps", grid.training_steps),
-            _with("seed", seed),
+            config_word("expt_name", grid.name),
+            config_word("num_training_data", grid.num_training_data),
+            config_word("input_dim", widths[0]),
+            config_word("layer_widths", widths[1:]),
+            config_word("true_param_config.method", grid.method),
+            config_word("true_param_config.prop_rank_reduce", grid.prop_rank_reduce),
+            config_word("sgld_config.epsilon", grid.epsilon),
+            config_word("sgld_config.gamma", grid.gamma),
+            config_word("sgld_config.num_steps", grid.num_steps),
+            config_word("sgld_config.num_chains", grid.num_chains),
+            config_word("sgld_config.batch_size", grid.batch_size),
+            config_word("sgld_config.num_burnin_steps", 0),
+            config_word("do_training", grid.do_training),
+            config_word("training_config.optim", grid.optim),
+            config_word("training_config.learning_rate", grid.learning_rate),
+            config_word("training_config.batch_size", grid.training_batch_size),
+            config_word("training_config.num_steps", grid.training_steps),
+            config_word("seed", seed),
         ]
         commands.append(f"python expt_dln.py {observer} with " + " ".join(updates))
     return commands

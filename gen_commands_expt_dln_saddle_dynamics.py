@@ -15,7 +15,7 @@ same file.
 
 from dataclasses import dataclass
 
-from sweep import grid_main
+from sweep import grid_main, observer_flag
 
 __all__ = ["Grid", "make_commands", "main"]
 
@@ -76,7 +76,7 @@ def make_commands(grid: Grid) -> list[str]:
         >>> make_commands(Grid(num_seeds=1))[0][:76]
         'python expt_dln_saddle_dynamics.py -F outputs/saddle_study/ with expt_name=s'
     """
-    observer = f"-m {grid.mongo_db}" if grid.mongo_db else f"-F {grid.output_dir}/{grid.name}/"
+    observer = observer_flag(grid.name, grid.output_dir, grid.mongo_db)
     epsilon = grid.epsilon if grid.epsilon == "auto" else float(grid.epsilon)
     commands = []
     for width in grid.width_list():

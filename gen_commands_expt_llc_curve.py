@@ -48,7 +48,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from sweep import write_commands
+from sweep import config_word, observer_flag, write_commands
 
 __all__ = ["PRESETS", "make_commands", "main"]
 
@@ -128,23 +128,6 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-def _value(key: str, value: Any) -> str:
-    """``key=value`` for the shell and Sacred: strings and lists single-quoted (``key='sgd'``), others bare.
-
-    Returns:
-        The ``key=value`` word of the command line.
-
-    Raises:
-        ValueError: If a string or list value contains a single quote.
-    """
-    if isinstance(value, (str, list)):
-        text = str(value)
-        if "'" in text:
-            raise ValueError(f"{key} must not contain a single quote, got {text!r}")
-        return f"{key}='{text}'"
-    return f"{key}={value!r}"
-
-
 def _invalid(point: dict[str, Any]) -> str | None:
     if point.get("training_config.optim") == "adam" and point.get("training_config.momentum") is not None:
         return "adam with momentum"
@@ -177,8 +160,7 @@ def make_commands(sweep: dict[str, Any]) -> tuple[list[str], list[str]]:
         raise ValueError("temperature sets training_config.learning_rate = T x training_config.batch_size: give "
                          "training_config.batch_size and no training_config.learning_rate")
     name = where.get("name", "llc_curve_sweep")
-    folder = f"{where.get('output_dir', 'outputs')}/{name}/"
-    observer = f"-m {where['mongo_db']}" if where.get("mongo_db") else f"-F {folder}"
+    observer = observer_flag(name, where.get("output_dir", "outputs"), where.get("mongo_db"))
     keys = list(grid)
     axes = [v if isinstance(v, list) else [v] for v in grid.values()]
     commands, skipped = [], []
@@ -191,7 +173,7 @@ def make_commands(sweep: dict[str, Any]) -> tuple[list[str], list[str]]:
         if "temperature" in point:
             temp = point.pop("temperature")
             point["training_config.learning_rate"] = temp * point["training_config.batch_size"]
-        updates = [_value("expt_name", name)] + [_value(k, v) for k, v in point.items()]
+        updates = [config_word("expt_name", name)] + [config_word(k, v) for k, v in point.items()]
         commands.append(f"python expt_llc_curve.py {observer} with " + " ".join(updates))
     return commands, skipped
 

@@ -14,8 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from gen_commands_expt_dln import _with
-from sweep import grid_main
+from sweep import config_word, grid_main, observer_flag
 
 __all__ = ["Grid", "main", "make_commands", "sizes"]
 
@@ -69,22 +68,22 @@ def make_commands(grid: Grid) -> list[str]:
     Returns:
         Shell command lines ``python expt_mala_vs_sgld.py <observer> with <key=value ...>``.
     """
-    observer = f"-m {grid.mongo_db}" if grid.mongo_db else f"-F {grid.output_dir}/{grid.name}/"
+    observer = observer_flag(grid.name, grid.output_dir, grid.mongo_db)
     commands = []
     for n in sizes(grid):
         for sampler in grid.samplers.split(","):
             for seed in range(grid.num_seeds):
                 updates = [
-                    _with("expt_name", grid.name),
-                    _with("num_training_data", n),
-                    _with("sampler", sampler),
-                    _with("sgld_config.epsilon", grid.epsilon),
-                    _with("sgld_config.gamma", grid.gamma),
-                    _with("sgld_config.num_steps", grid.num_steps),
-                    _with("sgld_config.num_chains", grid.num_chains),
-                    _with("sgld_config.batch_size", min(grid.batch_size, n)),
-                    _with("device", grid.device),
-                    _with("seed", seed),
+                    config_word("expt_name", grid.name),
+                    config_word("num_training_data", n),
+                    config_word("sampler", sampler),
+                    config_word("sgld_config.epsilon", grid.epsilon),
+                    config_word("sgld_config.gamma", grid.gamma),
+                    config_word("sgld_config.num_steps", grid.num_steps),
+                    config_word("sgld_config.num_chains", grid.num_chains),
+                    config_word("sgld_config.batch_size", min(grid.batch_size, n)),
+                    config_word("device", grid.device),
+                    config_word("seed", seed),
                 ]
                 commands.append(f"python expt_mala_vs_sgld.py {observer} with " + " ".join(updates))
     return commands

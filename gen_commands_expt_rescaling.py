@@ -15,8 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from gen_commands_expt_dln import _with
-from sweep import grid_main
+from sweep import config_word, grid_main, observer_flag
 
 __all__ = ["NETWORKS", "Grid", "main", "make_commands"]
 
@@ -76,7 +75,7 @@ def make_commands(grid: Grid) -> list[str]:
     Returns:
         Shell command lines ``python expt_rescaling.py <observer> with [named config] <key=value ...>``.
     """
-    observer = f"-m {grid.mongo_db}" if grid.mongo_db else f"-F {grid.output_dir}/{grid.name}/"
+    observer = observer_flag(grid.name, grid.output_dir, grid.mongo_db)
     commands = []
     for network in grid.networks.split(","):
         named = f"{NETWORKS[network]} " if NETWORKS[network] else ""
@@ -84,19 +83,19 @@ def make_commands(grid: Grid) -> list[str]:
             for k, alpha in enumerate(scales(grid)):
                 for seed in range(grid.num_seeds):
                     updates = [
-                        _with("expt_name", grid.name),
-                        _with("num_training_data", grid.num_training_data),
-                        _with("scale", alpha),
-                        _with("preconditioner", precond),
-                        _with("sgld_config.epsilon", grid.epsilon),
-                        _with("sgld_config.gamma", grid.gamma),
-                        _with("sgld_config.num_steps", grid.num_steps),
-                        _with("sgld_config.num_chains", grid.num_chains),
-                        _with("sgld_config.batch_size", grid.batch_size),
-                        _with("seed", seed),
+                        config_word("expt_name", grid.name),
+                        config_word("num_training_data", grid.num_training_data),
+                        config_word("scale", alpha),
+                        config_word("preconditioner", precond),
+                        config_word("sgld_config.epsilon", grid.epsilon),
+                        config_word("sgld_config.gamma", grid.gamma),
+                        config_word("sgld_config.num_steps", grid.num_steps),
+                        config_word("sgld_config.num_chains", grid.num_chains),
+                        config_word("sgld_config.batch_size", grid.batch_size),
+                        config_word("seed", seed),
                     ]
                     if not grid.shared_noise:  # independent chains per factor: the spread is Monte Carlo noise
-                        updates.append(_with("sgld_seed", 1000 * seed + k))
+                        updates.append(config_word("sgld_seed", 1000 * seed + k))
                     commands.append(f"python expt_rescaling.py {observer} with {named}" + " ".join(updates))
     return commands
 

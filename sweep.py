@@ -71,7 +71,9 @@ __all__ = [
     "run_local",
     "select_lines",
     "submit_slurm",
+    "config_word",
     "grid_main",
+    "observer_flag",
     "write_commands",
 ]
 
@@ -242,6 +244,47 @@ def read_commands(path: str | Path) -> list[Command]:
             )
         first[c.key] = c.lineno
     return commands
+
+
+def config_word(key: str, value: object) -> str:
+    """``key=value`` for the shell and Sacred: strings and lists single-quoted (``layer_widths='[3, 4]'``).
+
+    Every ``gen_commands_*.py`` writes its config updates with this, so that the same value is the
+    same word in every sweep file.
+
+    Args:
+        key: The config key, e.g. ``sgld_config.epsilon``.
+        value: Its value; strings and lists are quoted, everything else written as ``repr`` does.
+
+    Returns:
+        The ``key=value`` word of the command line.
+
+    Raises:
+        ValueError: If a string or list value contains a single quote.
+
+    Example:
+        >>> config_word("layer_widths", [3, 4]), config_word("sgld_config.epsilon", 1e-05)
+        ("layer_widths='[3, 4]'", 'sgld_config.epsilon=1e-05')
+    """
+    if isinstance(value, (str, list)):
+        text = str(value)
+        if "'" in text:
+            raise ValueError(f"{key} must not contain a single quote, got {text!r}")
+        return f"{key}='{text}'"
+    return f"{key}={value!r}"
+
+
+def observer_flag(name: str, output_dir: str = "outputs", mongo_db: str | None = None) -> str:
+    """The observer of a sweep's commands: ``-m HOST:PORT:DB`` when given, else ``-F OUTPUT_DIR/NAME/``.
+
+    Returns:
+        The observer flag and its argument, e.g. ``-F outputs/dln_sweep/``.
+
+    Example:
+        >>> observer_flag("dln_sweep"), observer_flag("x", mongo_db="localhost:27017:db")
+        ('-F outputs/dln_sweep/', '-m localhost:27017:db')
+    """
+    return f"-m {mongo_db}" if mongo_db else f"-F {output_dir}/{name}/"
 
 
 def write_commands(commands: list[str], out: str | Path | None, *, overwrite: bool = True, note: str = "") -> None:

@@ -57,7 +57,7 @@ TINY = dict(WIDTH=8, LAYERS=4, RANK=2, N=10_000, STEPS=20_000, CHAINS=4, BATCH=1
 
 
 def mse_loss(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Mean squared error over samples and outputs (as ``expt_dln.mse_loss``)."""
+    """Mean squared error over samples and outputs (as ``experiment.mse_loss``)."""
     return (output - target).square().mean()
 
 

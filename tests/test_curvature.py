@@ -13,8 +13,8 @@ import torch
 from torch.func import jacrev
 
 import curvature as cv
-from experiment import generators, int_seed
-from expt_dln import ex, mse_loss
+from experiment import generators, int_seed, mse_loss
+from expt_dln import ex
 from models.dln import DLN, SyntheticDLNData, make_true_params
 from models.toy import MinimallySingular, toy_data
 
@@ -189,7 +189,7 @@ def test_mask_overlap_and_grassmann_distances():
 def test_expt_dln_records_top_eigs_and_mask_overlap_at_w_star():
     tiny = {"input_dim": 3, "layer_widths": [4, 2], "num_training_data": 200,
             "sgld_config": {"epsilon": 1e-4, "num_steps": 20, "num_chains": 2, "batch_size": 20},
-            "do_top_eigs": 3, "do_mask_overlap": 2, "seed": 0}
+            "num_top_eigs": 3, "mask_overlap_k": 2, "seed": 0}
     info = ex.run(config_updates=tiny).info["curvature_info"]
     # the same teacher and data as the run (expt_dln.run's generators), then the dense answer
     g_teacher, g_data = generators(0, 6)[:2]
@@ -200,5 +200,5 @@ def test_expt_dln_records_top_eigs_and_mask_overlap_at_w_star():
     assert np.allclose(info["top_eigenvalues"], vals.numpy(), rtol=1e-4)
     idx = cv.magnitude_mask(cv.flat_params(teacher), 2)
     assert info["mask_overlap"]["overlap"] == pytest.approx(cv.mask_overlap(vecs[:, :2], idx)["overlap"], abs=1e-4)
-    with pytest.raises(ValueError, match=r"do_top_eigs must be an int in \[0, d=20\)"):
-        ex.run(config_updates={**tiny, "do_top_eigs": 20})
+    with pytest.raises(ValueError, match=r"num_top_eigs must be an int in \[0, d=20\)"):
+        ex.run(config_updates={**tiny, "num_top_eigs": 20})

@@ -15,7 +15,9 @@ from sacred.observers import FileStorageObserver
 from torch.func import hessian
 
 import expt_dln
-from expt_dln import SGLDConfig, TrainingConfig, TrueParamConfig, ex, functional_rank, hessian_trace, mse_loss, parse
+from curvature import flat_function, functional_rank
+from experiment import MAX_POINTS_PER_METRIC, SGLDConfig, TrainingConfig, mse_loss, parse
+from expt_dln import TrueParamConfig, ex, hessian_trace
 from models.dln import DLN, SyntheticDLNData, make_true_params
 
 TINY = {
@@ -123,7 +125,7 @@ def test_long_traces_are_thinned_in_metrics() -> None:
     fake_run = SimpleNamespace(log_scalar=lambda name, value, step: logged.append((name, step)))
     expt_dln.log_traces(fake_run, SimpleNamespace(loss_trace=np.zeros((2, 200_001))), "x/")
     chain1 = [step for name, step in logged if name == "x/sgld/loss/chain1"]
-    assert 900 <= len(chain1) <= expt_dln.MAX_POINTS_PER_METRIC and chain1[0] == 0 and chain1[-1] > 199_000
+    assert 900 <= len(chain1) <= MAX_POINTS_PER_METRIC and chain1[0] == 0 and chain1[-1] > 199_000
 
 
 def test_epsilon_auto_records_the_calibration() -> None:
@@ -203,7 +205,7 @@ def test_hutchinson_matches_the_exact_hessian_trace() -> None:
     model = DLN(3, [4, 2]).set_matrices(make_true_params(3, [4, 2], "random", generator=g))
     data = SyntheticDLNData(torch.randn(2, 3, generator=g), 50, seed=0)
     x, y = data.get_batch(torch.arange(50))
-    w, forward = expt_dln._flat_function(model, x)
+    w, forward = flat_function(model, x)
     exact = float(torch.trace(hessian(lambda v: mse_loss(forward(v), y))(w)))
     est = hessian_trace(model, x, y, g, num_probes=400)
     assert est["estimate"] == pytest.approx(exact, abs=4 * est["std_error"])

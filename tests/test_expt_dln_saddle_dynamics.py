@@ -16,6 +16,7 @@ import plots
 import results
 from experiment import SGLDConfig, TrainingConfig, parse
 from gen_commands_expt_dln_saddle_dynamics import Grid, make_commands
+from models.dln import true_lambda
 from tests.notebook_runner import execute_notebook
 
 README_COMMAND = ("python expt_dln_saddle_dynamics.py -m HOST:27017:DB with expt_name=NAME width=500 seed=42 "
@@ -52,7 +53,7 @@ def test_lambdahat_steps_up_with_the_rank_and_follows_aoyagi(observed, tmp_path)
     metrics = results.load_metrics(str(observed))
     curve = plots.training_curve(metrics, plots.SADDLE_METRICS)
     assert set(curve["rank"]) >= set(ranks)
-    assert np.all(curve["true_lambda"] == [sd.true_lambda(int(r), 5, [3, 3, 5])[0] for r in curve["rank"]])
+    assert np.all(curve["true_lambda"] == [true_lambda(int(r), 5, [3, 3, 5])[0] for r in curve["rank"]])
     assert sorted(set(curve["step"])) == SCIENCE["log_at_steps"]
     for name in ("layer0/rank", "layer2/nuclear_norm", "product/sv4", "test/loss", "llc/rhat"):
         assert name in set(metrics["metric"])

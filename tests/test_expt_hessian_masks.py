@@ -9,7 +9,7 @@ from expt_hessian_masks import ex
 from tests.notebook_runner import execute_notebook
 
 # 64 → 6 → 10 MLP (460 parameters), 200 SGD steps; sketch of 300 products for k ≤ 10.
-TINY = {"hidden_width": 6, "eval_steps": [0, 100, 200], "ks": [3, 10], "num_measurements": 300,
+TINY = {"hidden_width": 6, "log_at_steps": [0, 100, 200], "ks": [3, 10], "num_measurements": 300,
         "training_config": {"num_steps": 200}}
 
 

@@ -186,7 +186,7 @@ def test_linear_realisable_lambdahat_matches_the_exact_gaussian_value():
      ValueError, r"sgld_config.batch_size=200 exceeds the 100 training samples"),
     ({"model_data_config": {"alpha": 10.0}}, ValueError, r"alpha .* is for model_name='mlp' only"),
     ({"logging_period": 0}, ValueError, r"logging_period must be an int >= 1, got 0"),
-    ({"do_mask_overlap": -1}, ValueError, r"do_mask_overlap must be an int >= 0 \(0 = off\), got -1"),
+    ({"mask_overlap_k": -1}, ValueError, r"mask_overlap_k must be an int >= 0 \(0 = off\), got -1"),
 ])
 def test_bad_config_fails_naming_the_key(updates, error, match):
     with pytest.raises(error, match=match):
@@ -220,7 +220,7 @@ def test_top_eigs_and_mask_overlap_of_a_linear_model_match_the_dense_hessian(obs
     # f = wᵀx + b on digits_parity (one output) with force_realisable: L(w') = mean_i (f(x_i; w') − f(x_i; w_t))²
     # has Hessian 2 X̃ᵀX̃/n (X̃ = [X, 1]) at every w_t, so the logged eigenvalues are known; the mask overlap at
     # step 0 is that of this matrix's top-k eigenvectors with the initial parameters' largest entries.
-    config = {"device": "cpu", "force_realisable": True, "do_top_eigs": 4, "do_mask_overlap": 3, "logging_period": 2,
+    config = {"device": "cpu", "force_realisable": True, "num_top_eigs": 4, "mask_overlap_k": 3, "logging_period": 2,
               "model_data_config": {"model_name": "mlp", "data_name": "digits_parity", "depth": 0, "loss": "mse",
                                     "ptr": 300, "pte": 50},
               "training_config": {"num_steps": 3, "batch_size": 32, "learning_rate": 0.05},
@@ -240,5 +240,5 @@ def test_top_eigs_and_mask_overlap_of_a_linear_model_match_the_dense_hessian(obs
     assert run.info["checkpoints"][0]["hessian/mask_overlap"] == pytest.approx(want, abs=1e-4)
     metrics = _metrics(observed / "1")
     assert metrics["hessian/top_eig1"]["steps"] == [0, 2] and metrics["hessian/mask_overlap"]["steps"] == [0, 2]
-    with pytest.raises(ValueError, match=r"do_top_eigs must be an int in \[0, d=65\)"):
-        ex.run(config_updates={**config, "do_top_eigs": 65}, options=QUIET)
+    with pytest.raises(ValueError, match=r"num_top_eigs must be an int in \[0, d=65\)"):
+        ex.run(config_updates={**config, "num_top_eigs": 65}, options=QUIET)

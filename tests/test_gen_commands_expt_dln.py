@@ -6,7 +6,8 @@ import pytest
 from sacred.arg_parser import get_config_updates
 from sacred.initialize import create_run
 
-from expt_dln import SGLDConfig, TrainingConfig, TrueParamConfig, ex, parse
+from experiment import SGLDConfig, TrainingConfig, parse
+from expt_dln import TrueParamConfig, ex
 from gen_commands_expt_dln import Grid, main, make_commands
 
 
