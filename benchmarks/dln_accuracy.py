@@ -148,7 +148,8 @@ def report(path: Path, figure: Path | None) -> None:
         vs = f"{r['lambdahat'] / mala - 1:+.1%}" if mala else "—"
         print(f"| {r['case']} | {r['kind']} | {'→'.join(map(str, r['dims']))} | {r['rank']} | {r['d']} | "
               f"{r['true_lambda']:g} | {r['lambdahat']:.2f} ± {r['lambdahat_std']:.2f} | {r['rel_error']:+.1%} | "
-              f"{r['rhat']:.3f} | {[round(q, 1) for q in r['quarters']]} | {r['epsilon']:.2g} | {r['epsilon_changes']} | "
+              f"{r['rhat']:.3f} | {[round(q, 1) for q in r['quarters']]} | {r['epsilon']:.2g} | "
+              f"{r['epsilon_changes']} | "
               f"{r['steps']} | {'yes' if r['settled'] else 'no'} | {f'{mala:.2f}' if mala else '—'} | {vs} | "
               f"{r['wall_seconds']:.0f} |")
     errs = np.array([abs(r["rel_error"]) for r in rows if r["true_lambda"] > 0])
