@@ -233,6 +233,7 @@ SCIENCE = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name,input_dim,widths,rank,n,epsilon,chains", SCIENCE, ids=[c[0] for c in SCIENCE])
 def test_lambdahat_matches_aoyagi_on_the_most_singular_stratum(name, input_dim, widths, rank, n, epsilon,
                                                                 chains) -> None:

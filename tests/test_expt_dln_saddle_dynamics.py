@@ -39,6 +39,7 @@ def observed(tmp_path):
     sd.ex.observers.remove(observer)
 
 
+@pytest.mark.slow
 def test_lambdahat_steps_up_with_the_rank_and_follows_aoyagi(observed, tmp_path) -> None:
     run = sd.ex.run(config_updates={**SCIENCE, "do_plot": True})
     assert run.status == "COMPLETED"

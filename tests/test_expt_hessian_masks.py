@@ -26,6 +26,7 @@ def runs_dir(tmp_path_factory):
     return path
 
 
+@pytest.mark.slow
 def test_records_overlaps_and_sketch_errors(runs_dir):
     info = json.loads((runs_dir / "1" / "info.json").read_text())
     assert info["model_dim"] == 460 and [r["step"] for r in info["per_step"]] == [0, 100, 200]
@@ -45,5 +46,6 @@ def test_bad_config_fails_clearly():
         ex.run(config_updates={**TINY, "num_measurements": 5})
 
 
+@pytest.mark.slow
 def test_notebook_runs(runs_dir, tmp_path):
     execute_notebook("hessian_masks.ipynb", {"RUNS_DIR": str(runs_dir)}, tmp_path)

@@ -37,6 +37,7 @@ def runs_dir(tmp_path_factory):
     return path
 
 
+@pytest.mark.slow
 def test_runs_record_estimate_time_and_acceptance(runs_dir):
     for run_id, sampler in (("1", "mala"), ("2", "sgld")):
         info = json.loads((runs_dir / run_id / "info.json").read_text())
@@ -47,6 +48,7 @@ def test_runs_record_estimate_time_and_acceptance(runs_dir):
         assert (runs_dir / run_id / "loss_traces.npz").exists()
 
 
+@pytest.mark.slow
 def test_sgld_agrees_with_mala_on_small_n(runs_dir):
     # Same network, data, ε, γ, nβ and steps. Measured (seed 0): MALA 2.321 ± 0.33, SGLD 2.328 ± 0.21
     # (std over 4 chains), +0.3%. Tolerance 10%: about two standard errors of the difference.
@@ -83,6 +85,7 @@ def test_default_sweep_is_the_reference_study():
         Grid(samplers="mala,hmc")
 
 
+@pytest.mark.slow
 def test_notebook_runs_on_real_runs(runs_dir, tmp_path):
     nb = execute_notebook("mala_vs_sgld.ipynb", {"MALA_RUNS_DIR": str(runs_dir)}, tmp_path)
     text = "".join(o.get("data", {}).get("text/plain", "") for c in nb.cells if c.cell_type == "code"

@@ -51,6 +51,7 @@ def test_rescaled_network_computes_the_same_function():
         torch.testing.assert_close(rescale(teacher, alpha)(x), teacher(x), rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_run_records_result_scale_and_preconditioner(runs_dir):
     info = json.loads((runs_dir / "3" / "info.json").read_text())  # α = 1e3, rescaling
     assert info["scale"] == 1e3 and info["preconditioner_name"] == "rescaling"
@@ -64,6 +65,7 @@ def test_run_records_result_scale_and_preconditioner(runs_dir):
                                              "net.2.weight": pytest.approx(100.0)}
 
 
+@pytest.mark.slow
 def test_rescaling_preconditioner_makes_lambdahat_invariant(runs_dir):
     # With P = α² / α⁻² the chain at α is the image of the chain at α = 1 (same seed, same noise), so
     # λ̂ is the same up to float32 rounding along 400 steps. Tolerance 0.5% (the study's target is ±2%).
@@ -114,6 +116,7 @@ def test_default_sweep_is_the_reference_study():
         Grid(networks="small,huge")
 
 
+@pytest.mark.slow
 def test_notebook_runs_on_real_runs(runs_dir, tmp_path):
     nb = execute_notebook("rescaling_invariance.ipynb", {"RESCALING_RUNS_DIR": str(runs_dir)}, tmp_path)
     text = "".join(o.get("data", {}).get("text/plain", "") for c in nb.cells if c.cell_type == "code"

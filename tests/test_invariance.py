@@ -11,6 +11,8 @@ import torch
 from models.dln import DLN, SyntheticDLNData, make_true_params, true_lambda
 from sgld import estimate_llc
 
+pytestmark = pytest.mark.slow  # minutes on 2 cores: `make check` leaves it out
+
 WIDTHS = [4, 8, 8]  # 4 -> 4 -> 8 -> 8 at rank 1 (the `demo` configuration): lambda = 10
 
 

@@ -213,6 +213,7 @@ def test_a_database_without_runs_names_the_right_one():
         results.load_runs(db)
 
 
+@pytest.mark.slow
 def test_an_unreachable_server_is_one_clear_error():
     # nothing listens on port 1: pymongo gives up after results' 3 s server-selection timeout
     with pytest.raises(ConnectionError, match="cannot read MongoDB mongodb://localhost:1/sacred"):

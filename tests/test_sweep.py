@@ -142,6 +142,7 @@ def test_bad_commands_files_are_refused(folder: Path) -> None:
     assert "sweep.py: error: commands file 'missing.txt' not found" in result.stderr
 
 
+@pytest.mark.slow
 def test_the_same_lines_into_a_fresh_folder_run_again(folder: Path) -> None:
     # Logs are shared by every sweep (outputs/sweep_logs/<key>.log) and the key leaves the observer
     # out: a line's state must come from its own observer, not from a log of a run stored elsewhere.
@@ -162,6 +163,7 @@ def test_the_same_lines_into_a_fresh_folder_run_again(folder: Path) -> None:
     assert statuses(again) == {1: "not started", 2: "failed"}
 
 
+@pytest.mark.slow
 def test_local_runs_in_parallel_resumes_and_retries_only_failed(folder: Path) -> None:
     commands = write_commands(folder, [
         "python stand_in.py -F runs with x=1.0 sleep=1.0 seed=1",
@@ -209,6 +211,7 @@ def test_local_runs_in_parallel_resumes_and_retries_only_failed(folder: Path) ->
     assert log_times() == completed_logs  # completed lines were not run again
 
 
+@pytest.mark.slow
 def test_ctrl_c_stops_children_and_sacred_marks_them_interrupted(folder: Path) -> None:
     # expt_dln.py itself, with far more SGLD steps than it will get to make.
     endless = f"python {REPO / 'expt_dln.py'} -F runs with sgld_config.num_steps=10000000 sgld_config.num_chains=1"
