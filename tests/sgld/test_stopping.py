@@ -33,6 +33,7 @@ def test_stopping_rule_keeps_going_while_the_trace_climbs():
     assert res.lambdahat < 5.0 * 0.95
 
 
+@pytest.mark.slow
 @pytest.mark.filterwarnings("ignore:the loss trace has not settled")
 def test_stopping_rule_does_not_stop_on_a_dln_plateau():
     # DLN 4→4→7→7→7 on the most singular stratum of rank 2, λ = 11 (Aoyagi), as in
