@@ -5,7 +5,7 @@ after W₁, b₁ → αW₁, αb₁ and W₂ → W₂/α (relu(αz) = α relu(z)
 depend on α (Furman & Lau 2024, rescaling-invariance study). SGLD at a fixed ε does: in the new
 coordinates the posterior is stretched by α along the first layer and squeezed along the second.
 The preconditioner P = α² on (W₁, b₁), α⁻² on W₂ and 1 on b₂ undoes it exactly (with P = A² for
-w ↦ Aw the chain is the image of the chain at α = 1 driven by the same noise; see ``sgld.py``). This experiment measures
+w ↦ Aw the chain is the image of the chain at α = 1 driven by the same noise; see ``sgld/``). This experiment measures
 λ̂ at one factor α and one ``preconditioner`` (``rescaling``, ``none`` or ``rmsprop``); a sweep
 over the 17 factors 10⁻⁴ … 10⁴ is ``gen_commands_expt_rescaling.py``.
 

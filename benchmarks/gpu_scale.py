@@ -167,7 +167,7 @@ def main_run(model: DLN, data: SyntheticDLNData, cfg: dict) -> tuple[LLCResult, 
     sync(cfg["DEVICE"])
     start = time.perf_counter()
     if cfg["EPSILON"] == "auto" and not records_calibration:
-        # This sgld.py does not time its calibration: call it as estimate_llc would, timed on its own.
+        # This version of sgld does not time its calibration: call it as estimate_llc would, timed on its own.
         cal = calibrate_epsilon(model, mse_loss, data, gamma=1.0, nbeta=default_nbeta(len(data)),
                                 batch_size=cfg["BATCH"], seed=cfg["SEED"], device=cfg["DEVICE"])
         calibration = time.perf_counter() - start

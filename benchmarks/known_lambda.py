@@ -1,4 +1,4 @@
-"""Accuracy table: λ̂ against exactly known λ, with the settings of tests/test_sgld.py.
+"""Accuracy table: λ̂ against exactly known λ, with the settings of tests/sgld/test_estimate.py and test_calibration.py.
 
     PYTHONPATH=. .venv/bin/python benchmarks/known_lambda.py        # prints a markdown table (~3 min on 2 cores)
 """

@@ -1,9 +1,12 @@
-"""The batched nn.Linear path of sgld._Potential against the generic one, and when it is used.
+"""The potential (``sgld.potential``): nβ, the caller's model untouched, and the batched nn.Linear path.
 
 A model that is a chain of nn.Linear layers and elementwise activations is evaluated for all chains
-with one bmm per layer instead of vmap. It must give the generic path's numbers (vmap over the
-model, and one chain through the model's own forward) and must be refused for anything else.
+with one bmm per layer instead of vmap (``sgld.potential.Potential``). It must give the generic
+path's numbers (vmap over the model, and one chain through the model's own forward) and must be
+refused for anything else.
 """
+
+import math
 
 import numpy as np
 import pytest
@@ -13,6 +16,27 @@ from torch import nn
 import sgld
 from models.dln import DLN
 from models.mlp import MLP
+from sgld import default_nbeta, estimate_llc
+from sgld.potential import Potential
+from sgld.source import DataSource
+from sgld.start import probe
+from tests.sgld.problems import linear_problem
+
+
+def test_default_nbeta_is_n_over_log_n():
+    assert default_nbeta(1000) == pytest.approx(1000 / math.log(1000))
+    with pytest.raises(ValueError, match="n must be >= 2"):
+        default_nbeta(1)
+
+
+@pytest.mark.filterwarnings("ignore:the loss trace has not settled")
+def test_model_is_not_modified_and_mode_is_kept():
+    model, x, y = linear_problem()
+    before = model.weight.detach().clone()
+    model.train()
+    estimate_llc(model, nn.functional.mse_loss, (x, y), epsilon=1e-2, num_steps=20, num_chains=2, batch_size=8)
+    assert torch.equal(model.weight, before)
+    assert model.training
 
 
 class Residual(nn.Module):
@@ -35,9 +59,9 @@ def _problem(model: nn.Module, n: int = 64, seed: int = 0):
     return x, y
 
 
-def _potential(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> sgld._Potential:
-    potential = sgld._Potential(model, nn.functional.mse_loss, torch.device("cpu"))
-    sgld._probe(potential, sgld._Data((x, y), torch.device("cpu")))
+def _potential(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> Potential:
+    potential = Potential(model, nn.functional.mse_loss, torch.device("cpu"))
+    probe(potential, DataSource((x, y), torch.device("cpu")))
     return potential
 
 
