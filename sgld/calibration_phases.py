@@ -265,7 +265,11 @@ def rescale_and_check(
     """
     rule = state.rule
     lam0, floor = state.pilot_lambdahat, state.lambda_floor
-    state.lambda_ref = max(lam0, floor if state.geometry.source_key == "w*" else 0.0) if math.isfinite(lam0) else 0.0
+    # tr H/(2a) counts the directions the loss stiffens. Where the largest curvature at w* is within a
+    # factor 2 of γ's (w* = 0 in a deep network: H = γI), it counts the prior's d directions instead,
+    # d/2 far above λ, and would license a step 10x too large for the bias budget.
+    loss_curved = state.geometry.source_key == "w*" and state.geometry.curvature_used > 2 * rule.gamma
+    state.lambda_ref = max(lam0, floor if loss_curved else 0.0) if math.isfinite(lam0) else 0.0
     checks = state.checks
     if not checks[-1]["passed"]:
         return

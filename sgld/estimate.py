@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+import warnings
 from typing import Any, Literal
 
 import torch
@@ -18,6 +19,7 @@ from sgld.calibration_phases import CalibrationRule
 from sgld.chains import Chains, chain_generators
 from sgld.checks import check_int, check_nonnegative, check_positive
 from sgld.mala import run_mala
+from sgld.monitor import StepSizeMonitor
 from sgld.potential import LossFn, Potential, default_nbeta
 from sgld.result import LLCResult, summarise
 from sgld.source import Data, DataSource
@@ -206,12 +208,30 @@ def estimate_llc(
                control_variate=control_variate)
     start = time.perf_counter()
     stopping = None
+    monitor = None
+    if calibration is not None:
+        gen = torch.Generator(device=source.device)
+        gen.manual_seed(seed + 1)  # the calibration's own stream is seed's
+        monitor = StepSizeMonitor(bias_tolerance=rule.bias_tolerance, min_acceptance=rule.min_acceptance,
+                                  lambda_ref=calibration["lambda_ref"],
+                                  noise_floor=calibration["gradient_noise_floor"], generator=gen)
     with _progress_bar(progress, (max_steps if num_steps == "auto" else num_steps) * num_chains) as bar:
         if num_steps == "auto":
             loss_trace, acceptance, num_burnin_steps, stopping = run_until_settled(
-                chains, run, max_steps=max_steps, min_burnin=num_burnin_steps, bar=bar)
+                chains, run, max_steps=max_steps, min_burnin=num_burnin_steps, bar=bar,
+                monitor=monitor.check if monitor else None)
+            epsilon = stopping.get("final_epsilon", epsilon)
         else:
             loss_trace, acceptance = chains.run(num_steps, bar=bar, **run)
+            if monitor is not None:
+                # A fixed budget cannot restart its draws: check the step at the end and say so.
+                post = loss_trace[:, num_burnin_steps:]
+                new, check = monitor.check(chains, post, acceptance, epsilon)
+                calibration = dict(calibration, end_of_run_check=check)
+                if new < epsilon:
+                    warnings.warn(f"epsilon='auto': at the chains' final states {check['reason']}; lambdahat may be "
+                                  f"biased. num_steps='auto' shrinks epsilon when this happens.", RuntimeWarning,
+                                  stacklevel=2)
     wall = time.perf_counter() - start
     return summarise(
         loss_trace, acceptance, chains.diverged_at, init_loss=init_loss, n=source.n, nbeta=nbeta, epsilon=epsilon,

@@ -12,6 +12,7 @@ the first round that passes, whose previous round passed too, and whose :math:`\
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -26,6 +27,7 @@ __all__ = [
     "STOP_QUARTER_SPREAD",
     "STOP_RHAT",
     "STOP_ROUND_CHANGE",
+    "StepCheck",
     "confirm",
     "run_until_settled",
     "settle",
@@ -36,6 +38,9 @@ STOP_RHAT = 1.05  # largest split-R-hat of a round that passes
 STOP_QUARTER_SPREAD = 0.10  # largest (max - min) of the quarters' lambdahat, relative to |lambdahat|
 STOP_ROUND_CHANGE = 0.05  # largest relative change of lambdahat from the previous round
 BURNIN_FRACTIONS = (0.1, 0.2, 0.3, 0.4, 0.5)  # burn-ins tried, as fractions of the trace, first that passes
+
+# monitor(chains, round_trace, round_acceptances, epsilon) -> (epsilon to continue with, record)
+StepCheck = Callable[[Chains, np.ndarray, np.ndarray, float], tuple[float, dict[str, Any]]]
 
 RULE = (
     f"rounds of {FIRST_ROUND_STEPS} steps, doubling the total, until split-R-hat <= {STOP_RHAT} and "
@@ -107,35 +112,54 @@ def confirm(verdict: dict[str, Any], previous: dict[str, Any]) -> dict[str, Any]
 
 def run_until_settled(
     chains: Chains, run: dict[str, Any], *, max_steps: int, min_burnin: int, bar: Any = None,
+    monitor: StepCheck | None = None,
 ) -> tuple[np.ndarray, np.ndarray, int, dict[str, Any]]:
     """Advance the chains in rounds of doubling length until a round is :func:`confirm`-ed or ``max_steps``.
+
+    With a ``monitor`` (``epsilon="auto"``: :meth:`sgld.monitor.StepSizeMonitor.check`), each round
+    is first judged for its step size; when the monitor shrinks ε, every draw so far becomes burn-in:
+    the rounds start again (1000 steps, then doubling) from the chains' current states at the new ε,
+    within the same ``max_steps`` budget.
 
     Args:
         chains: The chains, continued from where they stand.
         run: Keyword arguments of :meth:`Chains.run` for every round (``epsilon``, ``mala_every``,
             ``loss_trace_minibatch``, ``control_variate``).
-        max_steps: Step budget per chain.
+        max_steps: Step budget per chain, discarded draws included.
         min_burnin: Smallest burn-in (``num_burnin_steps``).
         bar: A progress bar to update, or None.
+        monitor: ``monitor(chains, round_trace, round_acceptances, epsilon) -> (epsilon, record)``, or None.
 
     Returns:
-        The (chains, steps) trace of all rounds, the MALA acceptances, the burn-in picked (50% of the
-        trace if the last round did not pass), and the record: ``rule``, ``max_steps``, every round's
-        verdict in ``rounds``, ``reason`` and ``settled``.
+        The (chains, steps) trace since the last change of ε, its MALA acceptances, the burn-in picked
+        (50% of the trace if the last round did not pass), and the record: ``rule``, ``max_steps``,
+        every round's verdict in ``rounds``, ``reason``, ``settled``, ``total_steps`` (per chain),
+        ``discarded_steps`` (run before the last change of ε), and with a monitor ``step_checks``
+        (its record of every round), ``epsilon_changes`` (those that shrank ε, with the reason) and
+        ``final_epsilon``.
     """
-    traces, accepts, rounds = [], [], []
-    total, target = 0, min(FIRST_ROUND_STEPS, max_steps)
+    traces, accepts, rounds, checks = [], [], [], []
+    total, target, start = 0, min(FIRST_ROUND_STEPS, max_steps), 0  # start: first step of the kept trace
     while True:
         # Each round's length is a multiple of mala_every, so the acceptance checks stay every mala_every steps.
         trace, accept = chains.run(target - total, bar=bar, **run)
+        total = target
+        if monitor is not None:
+            epsilon, check = monitor(chains, trace, accept, run["epsilon"])
+            checks.append(check)
+            if epsilon < run["epsilon"] and total < max_steps:
+                run = dict(run, epsilon=epsilon)
+                traces, accepts, start = [], [], total
+                rounds.append(dict(steps=total, settled=False, epsilon_changed=True))
+                target = min(total + FIRST_ROUND_STEPS, max_steps)
+                continue
         traces.append(trace)
         accepts.append(accept)
-        total = target
         trace = np.concatenate(traces, axis=1)
         alive = np.array([s is None for s in chains.diverged_at])
         verdict = settle(trace[alive], chains.init_loss, chains.nbeta, min_burnin) if alive.any() else {}
         verdict = confirm(verdict, rounds[-1] if rounds else {})
-        rounds.append(verdict or dict(steps=total, settled=False))
+        rounds.append(verdict or dict(steps=trace.shape[1], settled=False))
         if not alive.any():
             reason = "every chain diverged"
         elif verdict.get("settled"):
@@ -143,9 +167,13 @@ def run_until_settled(
         elif total >= max_steps:
             reason = "max_steps reached"
         else:
-            target = min(2 * total, max_steps)
+            target = min(start + 2 * (total - start), max_steps)
             continue
         break
-    burnin = verdict.get("burnin", max(min_burnin, total // 2))
-    stopping = dict(rule=RULE, max_steps=max_steps, rounds=rounds, reason=reason, settled=reason == "settled")
+    burnin = verdict.get("burnin", max(min_burnin, trace.shape[1] // 2))
+    stopping = dict(rule=RULE, max_steps=max_steps, rounds=rounds, reason=reason, settled=reason == "settled",
+                    total_steps=total, discarded_steps=start)
+    if monitor is not None:
+        stopping.update(step_checks=checks, epsilon_changes=[c for c in checks if c["new_epsilon"] < c["epsilon"]],
+                        final_epsilon=run["epsilon"])
     return trace, np.concatenate(accepts, axis=1), burnin, stopping
