@@ -180,37 +180,40 @@ def check_curvature_ks(model: torch.nn.Module, **ks: int) -> None:
 
 @dataclass(frozen=True)
 class SGLDConfig:
-    """``sgld_config``: ε (``epsilon``, float > 0 or "auto"), γ, steps, chains, m, burn-in."""
+    """``sgld_config``: ε (float > 0 or "auto"), γ, steps (int or "auto", up to ``max_steps``), chains, m, burn-in."""
 
     epsilon: float | str
     gamma: float
-    num_steps: int
+    num_steps: int | str
     num_chains: int
     batch_size: int
     num_burnin_steps: int = 0
+    max_steps: int = 64_000
 
     def __post_init__(self) -> None:
         eps = self.epsilon
         require(eps == "auto" or (is_number(eps) and eps > 0),
                 f"sgld_config.epsilon must be a number > 0 or 'auto', got {eps!r}")
         require(is_number(self.gamma) and self.gamma >= 0, f"sgld_config.gamma must be >= 0, got {self.gamma!r}")
-        for key in ("num_steps", "num_chains", "batch_size"):
+        require(self.num_steps == "auto" or (is_int(self.num_steps) and self.num_steps >= 1),
+                f"sgld_config.num_steps must be an int >= 1, got {self.num_steps!r}; or 'auto' to run until settled")
+        for key in ("num_chains", "batch_size", "max_steps"):
             value = getattr(self, key)
             require(is_int(value) and value >= 1, f"sgld_config.{key} must be an int >= 1, got {value!r}")
-        require(is_int(self.num_burnin_steps) and 0 <= self.num_burnin_steps < self.num_steps,
-                f"sgld_config.num_burnin_steps must be an int in [0, num_steps={self.num_steps}), "
-                f"got {self.num_burnin_steps!r}")
+        budget = self.max_steps if self.num_steps == "auto" else self.num_steps
+        require(is_int(self.num_burnin_steps) and 0 <= self.num_burnin_steps < budget,
+                f"sgld_config.num_burnin_steps must be an int in [0, {budget}), got {self.num_burnin_steps!r}")
 
 
 def sgld_kwargs(sgld: SGLDConfig) -> dict[str, Any]:
     """The keyword arguments of ``sgld.estimate_llc`` that ``sgld_config`` sets.
 
     Returns:
-        ``epsilon``, ``gamma``, ``num_steps``, ``num_chains``, ``batch_size`` and ``num_burnin_steps``
-        from ``sgld``, by name.
+        ``epsilon``, ``gamma``, ``num_steps``, ``num_chains``, ``batch_size``, ``num_burnin_steps`` and
+        ``max_steps`` from ``sgld``, by name.
     """
     return dict(epsilon=sgld.epsilon, gamma=sgld.gamma, num_steps=sgld.num_steps, num_chains=sgld.num_chains,
-                batch_size=sgld.batch_size, num_burnin_steps=sgld.num_burnin_steps)
+                batch_size=sgld.batch_size, num_burnin_steps=sgld.num_burnin_steps, max_steps=sgld.max_steps)
 
 
 @dataclass(frozen=True)

@@ -96,12 +96,13 @@ def config():
     """Deep linear network teacher, realisable data, λ̂ at w* (and optionally at a trained student)."""
     expt_name = None  # run name; the default observer stores runs in outputs/<expt_name or 'dln'>/
     sgld_config = {
-        "epsilon": 1.5e-5,  # ε, SGLD step size, or "auto" for sgld.calibrate_epsilon
+        "epsilon": "auto",  # ε, SGLD step size: "auto" (sgld.calibrate_epsilon, kept valid along the run) or a number
         "gamma": 1.0,  # γ, strength of the localizing Gaussian around w*
-        "num_steps": 5000,  # SGLD steps per chain, burn-in included
+        "num_steps": "auto",  # SGLD steps per chain, burn-in included: "auto" (until settled) or a number
+        "max_steps": 64_000,  # step budget per chain of num_steps="auto"
         "num_chains": 4,  # independent chains, all started at w*
-        "batch_size": 100,  # m, SGLD minibatch size
-        "num_burnin_steps": 0,  # leading steps left out of λ̂ (the reference code kept all)
+        "batch_size": 500,  # m, SGLD minibatch size
+        "num_burnin_steps": 0,  # leading steps left out of λ̂ (with num_steps="auto", the smallest burn-in)
     }
     loss_trace_minibatch = True  # True: trace minibatch losses L_m; False: full-data L_n (n forward passes a step)
     do_compute_distance = False  # also run one extra chain logging ‖w_t − w*‖ (metric sgld/distance)
@@ -138,9 +139,9 @@ def config():
 
 @ex.named_config
 def demo():
-    """About a minute on a laptop: 4→4→8→8 DLN at rank 1, λ = 10 among d = 112 parameters."""
+    """About a minute on a laptop: 4→4→8→8 DLN at rank 1, λ = 10 among d = 112 parameters, auto ε and steps."""
     expt_name = "demo"  # stored in outputs/demo/
-    sgld_config = {"num_chains": 8, "num_burnin_steps": 2500}  # 8 chains cost about 4 (vectorised)
+    sgld_config = {"num_chains": 8}  # 8 chains cost about 4 (vectorised)
 
 
 @ex.named_config
@@ -306,22 +307,22 @@ def hessian_trace(model: DLN, x: torch.Tensor, y: torch.Tensor, generator: torch
 
 
 @ex.capture
-def sgld_distances(model: DLN, data: SyntheticDLNData, sgld: SGLDConfig, epsilon: float,
+def sgld_distances(model: DLN, data: SyntheticDLNData, sgld: SGLDConfig, epsilon: float, num_steps: int,
                    generator: torch.Generator, num_training_data, itemp) -> np.ndarray:
     """‖w_t − w*‖ along one extra SGLD chain (``sgld.SGLD``) with the estimate's ε, γ, nβ, m.
 
     Runs on the data's device, with the distances kept there until the end.
 
     Returns:
-        The (num_steps,) distances.
+        The (num_steps,) distances, num_steps the estimate's trace length.
     """
     device = data.device
     student = DLN(model.input_dim, model.layer_widths).to(device).set_matrices(model.matrices())
     g = torch.Generator(device=device).manual_seed(int_seed(generator))
     opt = SGLD(student.parameters(), epsilon=epsilon, nbeta=num_training_data * itemp, gamma=sgld.gamma, generator=g)
     w_star = torch.cat([m.reshape(-1) for m in model.matrices()])
-    out = torch.empty(sgld.num_steps, device=device, dtype=torch.float64)
-    for t in range(sgld.num_steps):
+    out = torch.empty(num_steps, device=device, dtype=torch.float64)
+    for t in range(num_steps):
         x, y = data.get_batch(torch.randint(len(data), (sgld.batch_size,), generator=g, device=device))
         opt.zero_grad()
         mse_loss(student(x), y).backward()
@@ -383,8 +384,9 @@ def run(_run, sgld_config, true_param_config, training_config, num_training_data
     if curvature_wanted:
         _run.info["curvature_info"] = curvature_at(teacher, data, seed)
     if do_compute_distance:
-        arrays["sgld_distance"] = sgld_distances(teacher, data, sgld, result.epsilon, g_extra)
-        for t in thin(sgld.num_steps):
+        steps = result.loss_trace.shape[1]  # the estimate's own length, also with num_steps="auto"
+        arrays["sgld_distance"] = sgld_distances(teacher, data, sgld, result.epsilon, steps, g_extra)
+        for t in thin(steps):
             _run.log_scalar("sgld/distance", float(arrays["sgld_distance"][t]), t)
     test = SyntheticDLNData(teacher.product(), num_test_data, input_dist=input_dist, seed=int_seed(g_test))
     x_test, y_test = test.get_batch(torch.arange(num_test_data))
