@@ -19,8 +19,9 @@ Run it through ``benchmarks/gpu_scale.sh`` (which sets the working directory), e
     SCALE=tiny bash benchmarks/gpu_scale.sh               # a ~1 minute check of the script on a CPU
     STEPS=16000 CHAINS=4 EPSILON=auto bash benchmarks/gpu_scale.sh
 
-Knobs (environment): SCALE (paper | tiny), WIDTH, LAYERS, RANK, N, STEPS, BURNIN (default half of
-STEPS), CHAINS, BATCH, EPSILON (a number or "auto"), SEED, TIMING_STEPS (per round of the speed
+Knobs (environment): SCALE (paper | tiny), WIDTH, LAYERS, RANK, N, STEPS ("auto", the default, or a
+number), MAX_STEPS (budget of STEPS=auto), BURNIN (default 0 with auto, else half of STEPS), CHAINS,
+BATCH, EPSILON (a number or "auto"), SEED, TIMING_STEPS (per round of the speed
 comparison), DEVICE (default cuda when available), JSON (also write every figure to this file).
 """
 
@@ -52,8 +53,10 @@ TARGET_CHAIN_OVER_TRAINING = 1.12
 GPU_BYTES = 80e9  # "80 GB" (an H100 80GB exposes 79.6 GiB = 85.5e9 bytes: this is the cautious reading)
 ROUNDS = 3  # alternating rounds of the speed comparison; the median round counts
 
-PAPER = dict(WIDTH=5000, LAYERS=4, RANK=500, N=1_000_000, STEPS=10_000, CHAINS=4, BATCH=500, TIMING_STEPS=100)
-TINY = dict(WIDTH=8, LAYERS=4, RANK=2, N=10_000, STEPS=20_000, CHAINS=4, BATCH=100, TIMING_STEPS=300)
+# The estimator's recommended settings, as benchmarks/dln_accuracy.py runs them: epsilon and num_steps "auto"
+# (the stopping rule with the step-size monitor, MAX_STEPS per chain), 4 chains, batch 500.
+PAPER = dict(WIDTH=5000, LAYERS=4, RANK=500, N=1_000_000, MAX_STEPS=64_000, CHAINS=4, BATCH=500, TIMING_STEPS=100)
+TINY = dict(WIDTH=8, LAYERS=4, RANK=2, N=10_000, MAX_STEPS=64_000, CHAINS=4, BATCH=500, TIMING_STEPS=300)
 
 
 def mse_loss(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -68,7 +71,7 @@ def settings() -> dict:
         sys.exit(f"SCALE must be 'paper' or 'tiny', got {scale!r}")
     preset = PAPER if scale == "paper" else TINY
     cfg = {key: int(float(os.environ.get(key, default))) for key, default in preset.items()}
-    cfg["STEPS"] = os.environ.get("STEPS", str(preset["STEPS"]))
+    cfg["STEPS"] = os.environ.get("STEPS", "auto")
     cfg["STEPS"] = cfg["STEPS"] if cfg["STEPS"] == "auto" else int(float(cfg["STEPS"]))  # "auto" where sgld has it
     cfg["BURNIN"] = int(os.environ.get("BURNIN", 0 if cfg["STEPS"] == "auto" else cfg["STEPS"] // 2))
     eps = os.environ.get("EPSILON", "auto")
@@ -162,7 +165,8 @@ def compare_speed(model: DLN, teacher: torch.Tensor, cfg: dict, nbeta: float, ep
 def main_run(model: DLN, data: SyntheticDLNData, cfg: dict) -> tuple[LLCResult, float, float | None]:
     """The estimate itself; returns (result, total seconds, calibration seconds or None)."""
     kw = dict(gamma=1.0, num_steps=cfg["STEPS"], num_burnin_steps=cfg["BURNIN"], num_chains=cfg["CHAINS"],
-              batch_size=cfg["BATCH"], seed=cfg["SEED"], device=cfg["DEVICE"], progress=True)
+              batch_size=cfg["BATCH"], seed=cfg["SEED"], device=cfg["DEVICE"], progress=True,
+              max_steps=cfg["MAX_STEPS"])
     records_calibration = "calibration_seconds" in {f.name for f in dataclasses.fields(LLCResult)}
     sync(cfg["DEVICE"])
     start = time.perf_counter()
