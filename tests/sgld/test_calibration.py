@@ -28,6 +28,7 @@ RRR_CASES = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", sorted(RRR_CASES))
 def test_reduced_rank_regression_recovers_lambda_with_auto_epsilon(case):
     # Realisable, noise-free teacher as in the paper's DLN experiments: L_n(w*) = 0 is the minimum.
@@ -105,6 +106,7 @@ def test_negative_curvature_uses_its_magnitude_and_matches_mala():
     assert res.lambdahat == pytest.approx(-default_nbeta(1000) / 2 + 1, rel=0.05)
 
 
+@pytest.mark.slow
 def test_pure_noise_reduced_rank_regression_auto_agrees_with_mala():
     # RRR 4-2-3 fitted by Adam to pure-noise targets, n = 1000: the case where `auto` promised
     # 2% and delivered +23%. Same nβ, γ, w*; MALA has no step-size bias. Tolerance 15% (the measured

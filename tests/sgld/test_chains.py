@@ -75,6 +75,7 @@ def test_full_batch_is_the_exact_gradient_in_fixed_order():
     assert res.full_batch and res.batch_size == 40
 
 
+@pytest.mark.slow
 def test_minimally_singular_with_full_data_trace():
     model = MinimallySingular(d=200, r=8)
     nbeta = default_nbeta(1000)
@@ -84,6 +85,7 @@ def test_minimally_singular_with_full_data_trace():
     assert res.lambdahat == pytest.approx(4.0, rel=0.05)
 
 
+@pytest.mark.slow
 def test_control_variate_keeps_the_mean_and_removes_minibatch_noise():
     model = ReducedRankRegression(4, 2, 3, 1, generator=torch.Generator().manual_seed(0))
     data = rrr_data(model, 10_000, noise_std=1.0, seed=1)

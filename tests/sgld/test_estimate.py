@@ -57,6 +57,7 @@ def _normal_crossing_posterior_mean(powers, nbeta, gamma=1.0):
     return float((nbeta * k * density).sum() / density.sum())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("powers", [(1, 2), (1, 3), (1, 4)])
 def test_normal_crossing_recovers_lambda(powers):
     # K = w1^(2 k1) w2^(2 k2), lambda = 1 / (2 max k). At nbeta = 1e4 the exact posterior mean of

@@ -20,6 +20,7 @@ def test_mala_acceptance_tracks_step_size():
     assert large.mala_acceptance < small.mala_acceptance - 0.1
 
 
+@pytest.mark.slow
 def test_sgld_agrees_with_full_batch_mala():
     # Same posterior; MALA has no step-size bias. Agreement within 4 combined standard errors.
     model = ReducedRankRegression(4, 2, 3, 1, generator=torch.Generator().manual_seed(0))

@@ -58,6 +58,7 @@ class SignedSquare(nn.Module):
         return x * (self.w0 * torch.sqrt(self.w0**2) * self.w1)
 
 
+@pytest.mark.slow
 def test_nan_gradient_at_w_star_is_warned_and_matches_mala():
     # The true derivative of w0|w0| at 0 is 0 (a removable 0/0): NaN entries are taken as 0, in
     # SGLD and in MALA alike. K ∝ w0⁴ w1², a normal crossing. Measured: auto 0.259, MALA 0.261.

@@ -199,6 +199,7 @@ def test_fixed_preconditioner_recovers_known_lambda():
     assert res.preconditioner["per_tensor"]["w"]["max"] == pytest.approx(2.0)
 
 
+@pytest.mark.slow
 def test_rmsprop_preconditioner_recovers_known_lambda():
     # Same model with RMSProp-adaptive P (mean 1, decay 0.999); it shrinks P along the two stiff
     # coordinates, so ε is 20x the plain run's. Measured: λ̂ = 1.011. Tolerance 10%.
