@@ -269,7 +269,8 @@ def align_hidden_bases(matrices: list[torch.Tensor]) -> list[torch.Tensor]:
         The rotated [W₁, …, W_N], float64 copies on the CPU.
 
     Example:
-        >>> ws = [torch.randn(3, 5), torch.randn(3, 3), torch.randn(5, 3)]
+        >>> g = torch.Generator().manual_seed(0)
+        >>> ws = [torch.randn(shape, generator=g, dtype=torch.float64) for shape in ((3, 5), (3, 3), (5, 3))]
         >>> aligned = align_hidden_bases(ws)
         >>> torch.allclose(aligned[2] @ aligned[1] @ aligned[0], (ws[2] @ ws[1] @ ws[0]).double(), atol=1e-9)
         True

@@ -91,6 +91,7 @@ def test_lanczos_and_sketch_find_the_chosen_eigenpairs():
     assert torch.allclose(evals, want, rtol=1e-4)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("low", [-1.0, -5.0])
 def test_top_eigs_exact_by_magnitude_with_and_without_the_partial_solver(low):
     # d = 200, k = 20: spectrum [low, 5] puts only positive eigenvalues in the top 20 by magnitude when
@@ -127,6 +128,7 @@ def test_slq_is_exact_for_three_distinct_eigenvalues():
     assert np.trapezoid(sd.density(grid, 0.05), grid) == pytest.approx(1.0, abs=1e-3)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("d,r", [(3000, 40), (3000, 3000)])
 def test_minimally_singular_rank_trace_and_eigenvalues(d, r):
     model = MinimallySingular(d, r)
@@ -162,6 +164,7 @@ def test_dln_hessian_at_the_teacher_is_gauss_newton():
     assert info["functional_rank"] == 16
 
 
+@pytest.mark.slow
 def test_mask_overlap_and_grassmann_distances():
     d, k = 200, 10
     w = torch.linspace(-1, 1, d)

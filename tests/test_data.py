@@ -74,6 +74,7 @@ def test_digits_split_and_normalisation():
     assert data.load("digits", targets="onehot").y_train.argmax(1).tolist() == d.y_train.tolist()
 
 
+@pytest.mark.slow
 def test_mnist1d_is_generated_and_keeps_global_random_state():
     np.random.seed(123)
     random.seed(123)

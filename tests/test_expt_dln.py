@@ -88,6 +88,7 @@ def test_tiny_run_records_everything(observed) -> None:
     assert [tuple(w.shape) for w in teacher] == [(4, 3), (2, 4)]
 
 
+@pytest.mark.slow
 def test_command_line_run_records_its_device(tmp_path) -> None:
     """``python expt_dln.py -F DIR with device=cpu ...`` runs there and says so in the run's info."""
     command = [sys.executable, "expt_dln.py", "-F", str(tmp_path), "with", "device=cpu", "input_dim=3",

@@ -50,6 +50,7 @@ def _metrics(run_dir):
     return json.loads((run_dir / "metrics.json").read_text())
 
 
+@pytest.mark.slow
 def test_readme_command_runs_as_written_on_a_cifar_folder(cifar_dir, tmp_path, monkeypatch):
     # The reference README's command, unchanged, then a few updates that shrink it to seconds.
     monkeypatch.setenv("LLC_DATA_DIR", str(cifar_dir))
@@ -67,6 +68,7 @@ def test_readme_command_runs_as_written_on_a_cifar_folder(cifar_dir, tmp_path, m
     assert (tmp_path / "1" / "metrics.json").is_file()
 
 
+@pytest.mark.slow
 def test_resnet18_width4_on_noisy_cifar_records_every_metric(cifar_dir, observed):
     run = ex.run(config_updates={
         "device": "cpu",
@@ -93,6 +95,7 @@ def test_resnet18_width4_on_noisy_cifar_records_every_metric(cifar_dir, observed
     assert (run_dir / "llc_over_training.png").stat().st_size > 10_000
 
 
+@pytest.mark.slow
 def test_sgld_uses_clean_labels_and_eval_mode_batchnorm(cifar_dir):
     # One checkpoint (step 0): rebuild the run's data and initial network from its seeds and compare.
     config = {"device": "cpu", "seed": 3,
@@ -132,6 +135,7 @@ def test_mlp_with_output_scale_and_hinge_on_mnist_parity(cifar_dir, observed):
     assert run.info["model_dim"] == (784 + 1) * 8 + 9 * 8 + 9 * 1  # the frozen copy is not a parameter
 
 
+@pytest.mark.slow
 def test_linear_realisable_lambdahat_matches_the_exact_gaussian_value():
     """A linear network f = Wx + b on digits with force_realisable: the loss is quadratic, so λ̂ is known.
 

@@ -27,6 +27,7 @@ def runs_dir(tmp_path_factory):
     return path
 
 
+@pytest.mark.slow
 def test_rank_is_r_and_lambdahat_is_r_over_2(runs_dir):
     info = json.loads((runs_dir / "1" / "info.json").read_text())
     for rec in info["per_rank"]:

@@ -252,6 +252,7 @@ def processes_in(folder: Path) -> list[int]:
     return pids
 
 
+@pytest.mark.slow
 def test_running_run_without_heartbeat_counts_as_interrupted(folder: Path) -> None:
     commands = write_commands(folder, ["python stand_in.py -F runs with seed=1"])
     assert sweep_cli(folder, "local", str(commands)).returncode == 0

@@ -23,6 +23,7 @@ def test_auto_epsilon_curvature_with_torch_mse_loss():
     assert cal["a_max"] == pytest.approx(exact, rel=0.1)
 
 
+@pytest.mark.slow
 def test_auto_epsilon_accounts_for_gradient_noise():
     """Noisy labels at large n: minibatch gradient noise, not curvature, must set the step."""
     model = ReducedRankRegression(4, 2, 3, 1, generator=torch.Generator().manual_seed(0))
@@ -40,6 +41,7 @@ def test_auto_epsilon_accounts_for_gradient_noise():
     assert cal_noisy["limited_by"] == "bias"
 
 
+@pytest.mark.slow
 def test_zero_gradient_noise_and_full_batch():
     # The loss ignores the data: no minibatch noise, so only tr H limits ε. λ = r/2 = 2.
     # Measured: 2.00 (minibatch), 2.02 (full batch).

@@ -91,6 +91,7 @@ def test_linear_path_matches_vmap_path(make):
     torch.testing.assert_close(fast[1], generic[1], rtol=1e-5, atol=1e-7)
 
 
+@pytest.mark.slow
 @pytest.mark.filterwarnings("ignore:the loss trace has not settled")
 def test_linear_path_vectorized_equals_chain_by_chain():
     """The fast path (all chains at once) against each chain through the model's own forward."""

@@ -20,6 +20,7 @@ def test_stopping_rule_stops_early_when_settled():
     assert res.lambdahat == pytest.approx(5.0, rel=0.1)
 
 
+@pytest.mark.slow
 @pytest.mark.filterwarnings("ignore:the loss trace has not settled")
 def test_stopping_rule_keeps_going_while_the_trace_climbs():
     # A step 250x too small: the trace climbs towards λ = 5 on a time scale 1/(ε a) = 5000 steps.

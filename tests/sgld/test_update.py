@@ -168,6 +168,7 @@ def _rescaled(model: MLP, alpha: float) -> MLP:
     return out
 
 
+@pytest.mark.slow
 def test_matching_preconditioner_makes_lambdahat_invariant_under_rescaling():
     # With P = A² for w ↦ Aw the rescaled chain is the image of the original one (same noise), so
     # λ̂ agrees up to float32 rounding amplified along the chain (tolerance 1e-3 relative).
@@ -188,6 +189,7 @@ def test_matching_preconditioner_makes_lambdahat_invariant_under_rescaling():
     assert plain.diverged or abs(plain.lambdahat - base.lambdahat) > 0.05 * base.lambdahat
 
 
+@pytest.mark.slow
 def test_fixed_preconditioner_recovers_known_lambda():
     # Minimally singular d = 20, r = 2: λ = 1. P varies per coordinate, 0.5 to 2; constant P keeps
     # the posterior, so λ̂ stays at λ. Measured: λ̂ = 0.98 (4 chains × 3000 steps). Tolerance 10%.
