@@ -402,7 +402,8 @@ def mask_overlap_vs_step(metrics: pd.DataFrame) -> Figure:
                             label=None if labelled else f"k = {int(k)}")
                     labelled = True
         handles, _ = ax.get_legend_handles_labels()
-        handles += [Line2D([], [], color="0.3", ls=ls, marker=m, label=text) for ls, m, text in styles.values()]
+        handles += [Line2D([], [], color="0.3", ls=ls, marker=m, label=text) for kind, (ls, m, text) in styles.items()
+                    if (data["kind"] == kind).any()]
         ax.set(yscale="log", xlabel="training step $t$",
                ylabel=r"overlap $\Vert M Q\Vert_F^2 / k$ (top-$k$ mask, top-$k$ eigenspace)")
         ax.legend(handles=handles, loc="best", ncols=2)

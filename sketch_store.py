@@ -359,8 +359,9 @@ class SketchStore:
         Returns:
             The file, holding ``{"step", "model_hash", "eigenvalues", "eigenvectors"}``.
         """
-        record = {"step": step, "model_hash": hash_, "eigenvalues": vals.detach().cpu(),
-                  "eigenvectors": vecs.detach().cpu()}
+        # contiguous copies: the top k are views of all s eigenpairs, and torch.save writes a view's whole storage
+        record = {"step": step, "model_hash": hash_, "eigenvalues": vals.detach().cpu().contiguous(),
+                  "eigenvectors": vecs.detach().cpu().contiguous()}
         path = self.eigenpairs_path(step)
         _atomic(path, lambda tmp: torch.save(record, tmp))
         return path

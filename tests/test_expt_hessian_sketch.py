@@ -109,6 +109,7 @@ def test_solve_names_the_missing_blocks_then_logs_the_masks_metrics(trained, tmp
                                                       rel=0.1)
     saved = torch.load(SketchStore(store_dir).eigenpairs_path(50), weights_only=True)
     assert saved["eigenvectors"].shape == (460, 10) and saved["eigenvalues"].tolist() == per_step[1]["eigenvalues"]
+    assert saved["eigenvectors"].untyped_storage().nbytes() == 460 * 10 * 4  # the top k only, not all s
 
 
 def test_bad_config_fails_clearly(trained, tmp_path):
