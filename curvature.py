@@ -23,7 +23,16 @@ What each piece is built on:
 * **skerch** (1.2.0) supplies the sketched eigendecomposition (``top_eigs_sketched``,
   ``hessian_rank(method="sketch")``): ``skerch.algorithms.seigh`` with HMT recovery (Halko,
   Martinsson & Tropp 2011, Alg. 4.1 and 5.3): Y = H Ω for a random Rademacher Ω (d × s),
-  Q = qr(Y), then the eigenpairs of the s × s core QᵀHQ. Exact when rank(H) < s.
+  Q = qr(Y), then the eigenpairs of the s × s core QᵀHQ. Exact when rank(H) < s. HMT is
+  two-pass (QᵀHQ needs Q, hence all of Y, first); ``recovery="oversampled"`` is skerch's
+  single-pass alternative (Fernandez et al. 2025, the masks study's SkEIGH; Tropp et al. 2017):
+  besides Y = H Ω, a core sketch Z = Ψᵀ H Φ (s_i × s_i, s_i > s) from independent Rademacher Φ,
+  Ψ, every column of which can be measured apart, so ``sketch_store.py`` splits them over jobs.
+  Then Q = qr(Y) and the core C = (ΨᵀQ)⁺ Z (QᵀΦ)⁺ ≈ QᵀHQ (least squares), whose eigenpairs
+  (θ, u) give (θ, Q u). At equal s it is a little less accurate than HMT (measured on the masks
+  study's MLP, d = 6,985, s = 300: top-10 eigenvalue error 0.06 with s_i = 2s against HMT's
+  0.03), so HMT stays the default; the generalised Nyström and ``singlepass`` recoveries, also
+  single-pass, were over 100 times worse there (an indefinite H) and are not offered.
 * **Written here, and why.**
   ``hutchinson_trace``: tr H ≈ (1/K) Σ_k z_kᵀ H z_k with Rademacher z_k (Hutchinson 1989), with its
   standard error, which neither library's estimator returns, and probes drawn from a
@@ -74,6 +83,7 @@ from tqdm import tqdm
 
 __all__ = [
     "RANK_RTOL",
+    "SKETCH_RECOVERIES",
     "HessianOperator",
     "Quadratic",
     "RankResult",
@@ -91,6 +101,7 @@ __all__ = [
     "hutchinson_trace",
     "hvp",
     "magnitude_mask",
+    "mask_metrics",
     "mask_overlap",
     "principal_angles",
     "spectral_density",
@@ -103,6 +114,7 @@ RANK_RTOL = 1e-5  # eigenvalues with |λ| ≤ RANK_RTOL · max|λ| count as zero
 HVP_BLOCK = 256  # Hessian-vector products computed together (memory: about HVP_BLOCK copies of d)
 MAX_DENSE_DIM = 20_000  # full_hessian refuses larger d (d² floats)
 SKETCH_OVERSAMPLING = 10  # sketch columns beyond the rank found, for a rank to count as certified
+SKETCH_RECOVERIES = ("hmt", "oversampled")  # top_eigs_sketched's recoveries
 
 
 # --------------------------------------------------------------------------- the operator
@@ -432,32 +444,50 @@ def top_eigs_lanczos(H, k: int, *, which: str = "LM", tol: float = 1e-6, seed: i
 
 
 def top_eigs_sketched(H, k: int, *, num_measurements: int | None = None, seed: int = 0,
-                      block: int = HVP_BLOCK) -> tuple[Tensor, Tensor]:
-    r"""Top-k (by magnitude) eigenpairs from a sketch: ``skerch.algorithms.seigh``, HMT recovery.
+                      block: int = HVP_BLOCK, recovery: str = "hmt",
+                      num_inner: int | None = None) -> tuple[Tensor, Tensor]:
+    r"""Top-k (by magnitude) eigenpairs from a sketch: ``skerch.algorithms.seigh``, HMT or single-pass recovery.
 
-    s = ``num_measurements`` products H Ω (Rademacher Ω, d × s), Q = qr(HΩ), and s more products
-    for the core QᵀHQ (Halko, Martinsson & Tropp 2011, Alg. 5.3). The eigenpairs are exact when
-    rank H < s; otherwise the error of the k-th falls with the gap λ_k/λ_{s+1}.
+    ``recovery="hmt"``: s = ``num_measurements`` products H Ω (Rademacher Ω, d × s), Q = qr(HΩ),
+    and s more products for the core QᵀHQ (Halko, Martinsson & Tropp 2011, Alg. 5.3). The
+    eigenpairs are exact when rank H < s; otherwise the error of the k-th falls with the gap
+    λ_k/λ_{s+1}. ``recovery="oversampled"``: the same Y = HΩ and s_i = ``num_inner`` products
+    for the core sketch Ψᵀ H Φ, all in one pass (see the module docstring); ``sketch_store.py``
+    computes the same measurements block by block in separate jobs.
+
+    Ω's columns come in blocks of ``block``, each block drawn from seed + its first column, so
+    the sketch depends on ``block`` as well as on ``seed`` (skerch's Rademacher operators).
 
     Args:
         H: The d × d symmetric operator.
         k: Number of eigenpairs.
         num_measurements: s ≥ k (default 2k + 10, capped at d).
-        seed: skerch's seed of Ω.
-        block: Columns per batched product.
+        seed: skerch's seed of Ω (Φ and Ψ follow it: seed + s + 1 and seed + s + s_i + 2).
+        block: Columns per batched product, and per block of Ω.
+        recovery: "hmt" (two passes over H) or "oversampled" (one pass).
+        num_inner: s_i, s < s_i ≤ d, for "oversampled" (default min(2s, d)).
 
     Returns:
         (eigenvalues (k,) by decreasing magnitude, eigenvectors (d, k)), in H's dtype and device.
 
     Raises:
-        ValueError: If k or s is out of range.
+        ValueError: If k, s or s_i is out of range, or the recovery is unknown.
     """
     d = H.shape[0]
     s = min(d, 2 * k + 10) if num_measurements is None else num_measurements
     if not 1 <= k <= s <= d:
         raise ValueError(f"need 1 <= k <= num_measurements <= d={d}, got k={k}, num_measurements={s}")
+    if recovery not in SKETCH_RECOVERIES:
+        raise ValueError(f"unknown recovery {recovery!r}; choose from {list(SKETCH_RECOVERIES)}")
+    recovery_type = "hmt"
+    if recovery == "oversampled":
+        s_i = min(2 * s, d) if num_inner is None else num_inner
+        if not s < s_i <= d:
+            raise ValueError(f"need num_measurements={s} < num_inner <= d={d} for the oversampled recovery, "
+                             f"got num_inner={s_i}")
+        recovery_type = f"oversampled_{s_i}"
     vals, vecs = seigh(_Blocked(H, block), H.device, H.dtype, s, seed=seed, noise_type="rademacher",
-                       recovery_type="hmt", meas_blocksize=block, by_mag=True)
+                       recovery_type=recovery_type, meas_blocksize=block, by_mag=True)
     return vals[:k], vecs[:, :k]
 
 
@@ -688,15 +718,21 @@ def magnitude_mask(w: Tensor, k: int) -> Tensor:
 
 
 def principal_angles(a: Tensor, b: Tensor) -> Tensor:
-    """Principal angles θ between span a and span b (orthonormal columns), ascending, in [0, π/2].
+    """Principal angles θ between span a and span b (d × k columns, k ≤ d), ascending, in [0, π/2].
 
-    cos θ_i are the singular values of aᵀb (Björck & Golub 1973).
+    Both bases are first orthonormalised in float64 (QR), so float32 bases, orthonormal only to
+    about 1e-7, do not put a floor of √(2·1e-7) ≈ 4e-4 rad under the angles. cos θ_i are the
+    singular values of aᵀb (Björck & Golub 1973), sin θ_i those of b − a aᵀb; an angle below π/4
+    is taken from its sine, where arccos loses half the digits (Knyazev & Argentati 2002).
 
     Returns:
-        The angles θ in radians (float64), one per singular value of aᵀb, ascending.
+        The k angles (float64), ascending.
     """
-    cos = torch.linalg.svdvals(a.double().T @ b.double()).clamp(0.0, 1.0)
-    return torch.arccos(cos)
+    qa, qb = torch.linalg.qr(a.double())[0], torch.linalg.qr(b.double())[0]
+    proj = qa.T @ qb
+    from_cos = torch.arccos(torch.linalg.svdvals(proj).clamp(0.0, 1.0))
+    from_sin = torch.arcsin(torch.linalg.svdvals(qb - qa @ proj).clamp(0.0, 1.0)).flip(0)
+    return torch.where(from_sin < math.pi / 4, from_sin, from_cos)
 
 
 def grassmann_distances(a: Tensor, b: Tensor) -> dict[str, float]:
@@ -737,6 +773,53 @@ def mask_overlap(q: Tensor, idx: Tensor) -> dict[str, float]:
     overlap = float(q[idx].double().square().sum()) / k
     return dict(overlap=overlap, geodesic=float(theta.norm()), chordal=float(torch.sin(theta).norm()),
                 max_angle=float(theta.max()))
+
+
+def mask_metrics(w: Tensor, ks: list[int], sketch: tuple[Tensor, Tensor],
+                 exact: tuple[Tensor, Tensor] | None = None) -> tuple[dict[str, float], dict]:
+    r"""The masks study's record of one Hessian: mask overlaps of the top-k eigenspaces, and the sketch's errors.
+
+    For each k: the overlap and Grassmann distances (``mask_overlap``) of the sketched top-k
+    eigenspace Q̃ with the k largest-|w_i| mask, a random subspace's expected overlap k/d, and,
+    given the exact eigenpairs, the same for the exact Q with the sketch's errors: eigenvalues
+    max_i |λ̃_i − λ_i|/|λ_i| over the top k, subspace the geodesic distance between Q and Q̃.
+
+    Args:
+        w: The parameters (d,).
+        ks: Sizes k (each ≤ the number of eigenpairs given).
+        sketch: Sketched (eigenvalues, eigenvectors), by decreasing magnitude.
+        exact: Exact (eigenvalues, eigenvectors), or None when H is too large to form.
+
+    Returns:
+        (metrics ``{name: value}``: ``overlap/{exact,sketch,random}/k<k>``,
+        ``geodesic/{exact,sketch}/k<k>``, ``sketch/eig_rel_error/k<k>``,
+        ``sketch/subspace_geodesic/k<k>``, ``sketch/top_eigenvalue`` and ``top_eigenvalue`` (exact);
+        the exact ones only with ``exact``), and the record ``{k: {"sketch", ["exact",
+        "eig_rel_error", "subspace"]}}``).
+    """
+    svals, svecs = sketch
+    d = w.numel()
+    metrics = {"sketch/top_eigenvalue": float(svals[0])}
+    if exact is not None:
+        metrics["top_eigenvalue"] = float(exact[0][0])
+    record = {}
+    for k in ks:
+        idx = magnitude_mask(w, k)
+        rec = {"sketch": mask_overlap(svecs[:, :k], idx)}
+        metrics.update({f"overlap/sketch/k{k}": rec["sketch"]["overlap"],
+                        f"geodesic/sketch/k{k}": rec["sketch"]["geodesic"], f"overlap/random/k{k}": k / d})
+        if exact is not None:
+            vals, vecs = exact
+            rec["exact"] = mask_overlap(vecs[:, :k], idx)
+            rec["eig_rel_error"] = float(((svals[:k].double() - vals[:k].double()).abs() / vals[:k].double().abs())
+                                         .max())
+            rec["subspace"] = grassmann_distances(vecs[:, :k], svecs[:, :k])
+            metrics.update({f"overlap/exact/k{k}": rec["exact"]["overlap"],
+                            f"geodesic/exact/k{k}": rec["exact"]["geodesic"],
+                            f"sketch/eig_rel_error/k{k}": rec["eig_rel_error"],
+                            f"sketch/subspace_geodesic/k{k}": rec["subspace"]["geodesic"]})
+        record[k] = rec
+    return metrics, record
 
 
 # --------------------------------------------------------------------------- one call for experiments

@@ -17,7 +17,8 @@ eigensolver about 1), so the default four steps and the training take about 10 m
 Metrics at each evaluated step: ``train/loss``, ``overlap/exact/k<k>``, ``overlap/sketch/k<k>``,
 ``geodesic/exact/k<k>``, ``geodesic/sketch/k<k>``, ``overlap/random/k<k>`` (k/d, a random
 subspace's expectation), ``sketch/eig_rel_error/k<k>`` (max_i |λ̃_i − λ_i|/|λ_i| over the top k),
-``sketch/subspace_geodesic/k<k>``, and ``top_eigenvalue``.
+``sketch/subspace_geodesic/k<k>``, ``top_eigenvalue`` and ``sketch/top_eigenvalue``
+(``curvature.mask_metrics``).
 """
 
 import time
@@ -114,21 +115,11 @@ def analyse(_run, model: nn.Module, data, step: int, seed: int, ks, num_measurem
     t0 = time.perf_counter()
     svals, svecs = curvature.top_eigs_sketched(H, max(ks), num_measurements=num_measurements, seed=seed)
     t_sketch = time.perf_counter() - t0
-    w = curvature.flat_params(model)
-    d = w.numel()
-    rec = {"step": step, "top_eigenvalue": float(vals[0]), "exact_time_s": t_exact, "sketch_time_s": t_sketch, "k": {}}
-    for k in ks:
-        idx = curvature.magnitude_mask(w, k)
-        exact, sketch = curvature.mask_overlap(vecs[:, :k], idx), curvature.mask_overlap(svecs[:, :k], idx)
-        eig_err = float(((svals[:k].double() - vals[:k]).abs() / vals[:k].abs()).max())
-        sub = curvature.grassmann_distances(vecs[:, :k], svecs[:, :k])
-        rec["k"][k] = dict(exact=exact, sketch=sketch, eig_rel_error=eig_err, subspace=sub)
-        for key, value in ((f"overlap/exact/k{k}", exact["overlap"]), (f"overlap/sketch/k{k}", sketch["overlap"]),
-                           (f"geodesic/exact/k{k}", exact["geodesic"]), (f"geodesic/sketch/k{k}", sketch["geodesic"]),
-                           (f"overlap/random/k{k}", k / d), (f"sketch/eig_rel_error/k{k}", eig_err),
-                           (f"sketch/subspace_geodesic/k{k}", sub["geodesic"])):
-            _run.log_scalar(key, value, step)
-    _run.log_scalar("top_eigenvalue", rec["top_eigenvalue"], step)
+    metrics, per_k = curvature.mask_metrics(curvature.flat_params(model), ks, (svals, svecs), (vals, vecs))
+    for key, value in metrics.items():
+        _run.log_scalar(key, value, step)
+    rec = {"step": step, "top_eigenvalue": metrics["top_eigenvalue"], "exact_time_s": t_exact,
+           "sketch_time_s": t_sketch, "k": per_k}
     return rec
 
 

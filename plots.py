@@ -370,36 +370,40 @@ def mask_overlap_vs_step(metrics: pd.DataFrame) -> Figure:
     r"""Overlap ‖M Q‖²_F / k of the top-k Hessian eigenspace with the top-k magnitude mask, over training.
 
     One colour per k: the exact eigenspace (solid), the sketched one (dashed) and a random
-    subspace's expectation k/d (dotted), as ``expt_hessian_masks.py`` logs them.
+    subspace's expectation k/d (dotted), as ``expt_hessian_masks.py`` and the solve stage of
+    ``expt_hessian_sketch.py`` log them (the latter without the exact one beyond d = 20,000).
 
     Args:
-        metrics: One run's ``results.load_metrics`` rows with metrics ``overlap/exact/k<k>``, and
-            optionally ``overlap/sketch/k<k>`` and ``overlap/random/k<k>``.
+        metrics: One run's ``results.load_metrics`` rows with metrics ``overlap/exact/k<k>`` or
+            ``overlap/sketch/k<k>`` or both, and optionally ``overlap/random/k<k>``.
 
     Returns:
         The figure.
 
     Raises:
-        ValueError: If the metrics mix runs or hold no ``overlap/exact/k<k>``.
+        ValueError: If the metrics mix runs or hold neither ``overlap/exact/k<k>`` nor ``overlap/sketch/k<k>``.
     """
     _require(metrics, ["metric", "step", "value"], "mask_overlap_vs_step")
     _one_run(metrics, "mask_overlap_vs_step")
     parts = metrics["metric"].str.extract(r"^overlap/(exact|sketch|random)/k(\d+)$")
     data = metrics.assign(kind=parts[0], k=pd.to_numeric(parts[1])).dropna(subset=["kind"])
-    if not (data["kind"] == "exact").any():
-        raise ValueError("mask_overlap_vs_step: no metric overlap/exact/k<k> in these metrics")
+    if not data["kind"].isin(["exact", "sketch"]).any():
+        raise ValueError("mask_overlap_vs_step: no metric overlap/exact/k<k> or overlap/sketch/k<k> in these metrics")
     styles = {"exact": ("-", "o", "exact"), "sketch": ("--", "x", "sketched"), "random": (":", None, "random, k/d")}
     with mpl.rc_context(_STYLE):
         fig = Figure(figsize=(6.4, 4.4), layout="constrained")
         ax = fig.subplots()
         for i, (k, group) in enumerate(data.groupby("k", sort=True)):
+            labelled = False
             for kind, (ls, marker, _) in styles.items():
                 g = group[group["kind"] == kind].sort_values("step")
                 if not g.empty:
                     ax.plot(g["step"], g["value"], ls=ls, marker=marker, color=f"C{i}",
-                            label=f"k = {int(k)}" if kind == "exact" else None)
+                            label=None if labelled else f"k = {int(k)}")
+                    labelled = True
         handles, _ = ax.get_legend_handles_labels()
-        handles += [Line2D([], [], color="0.3", ls=ls, marker=m, label=text) for ls, m, text in styles.values()]
+        handles += [Line2D([], [], color="0.3", ls=ls, marker=m, label=text) for kind, (ls, m, text) in styles.items()
+                    if (data["kind"] == kind).any()]
         ax.set(yscale="log", xlabel="training step $t$",
                ylabel=r"overlap $\Vert M Q\Vert_F^2 / k$ (top-$k$ mask, top-$k$ eigenspace)")
         ax.legend(handles=handles, loc="best", ncols=2)

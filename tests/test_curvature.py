@@ -91,6 +91,29 @@ def test_lanczos_and_sketch_find_the_chosen_eigenpairs():
     assert torch.allclose(evals, want, rtol=1e-4)
 
 
+def test_single_pass_sketch_is_exact_below_its_size_and_checks_its_sizes():
+    _, H, lam, u = quadratic(SPECTRUM, seed=4)
+    want = torch.tensor([10.0, -6.0, 3.0, 1.0], dtype=torch.float64)
+    # rank 5 < s = 12 < s_i = 24: Y spans range H and the core least squares is exact
+    svals, svecs = cv.top_eigs_sketched(H, 4, num_measurements=12, recovery="oversampled", num_inner=24, block=5)
+    assert torch.allclose(svals.double(), want, rtol=1e-4)
+    assert cv.grassmann_distances(svecs, u[:, :4])["geodesic"] < 1e-3
+    with pytest.raises(ValueError, match=r"need num_measurements=12 < num_inner <= d=60.*got num_inner=12"):
+        cv.top_eigs_sketched(H, 4, num_measurements=12, recovery="oversampled", num_inner=12)
+    with pytest.raises(ValueError, match="unknown recovery 'nystrom'; choose from"):
+        cv.top_eigs_sketched(H, 4, recovery="nystrom")
+
+
+def test_principal_angles_resolve_small_angles_of_float32_bases():
+    a = rotation(300, 1)[:, :8]  # float32: orthonormal to about 1e-7
+    # the same span in another float32 basis: every angle is round-off (the cosine formula alone gives 4e-4)
+    b = (a.double() @ rotation(8, 2).double()).float()
+    assert float(cv.principal_angles(a, b).max()) < 1e-6
+    c = a.double().clone()
+    c[:, 0] = math.cos(1e-5) * c[:, 0] + math.sin(1e-5) * rotation(300, 1)[:, 8].double()
+    assert cv.principal_angles(a.double(), c)[-1].item() == pytest.approx(1e-5, rel=1e-6)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("low", [-1.0, -5.0])
 def test_top_eigs_exact_by_magnitude_with_and_without_the_partial_solver(low):

@@ -159,8 +159,12 @@ def test_mask_overlap_vs_step():
     (ax,) = fig.axes
     assert len(ax.get_lines()) == 6 and ax.get_yscale() == "log"
     assert list(ax.get_lines()[0].get_ydata()) == pytest.approx([0.1, 0.1])  # k = 5, exact
-    with pytest.raises(ValueError, match="no metric overlap/exact"):
-        plots.mask_overlap_vs_step(metrics[~metrics.metric.str.contains("exact")])
+    # the distributed sketch beyond d = 20,000 logs no exact overlap: sketched and random lines only
+    (ax,) = plots.mask_overlap_vs_step(metrics[~metrics.metric.str.contains("exact")]).axes
+    assert len(ax.get_lines()) == 4 and list(ax.get_lines()[0].get_ydata()) == pytest.approx([0.09, 0.09])
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["k = 5", "k = 20", "sketched", "random, k/d"]
+    with pytest.raises(ValueError, match="no metric overlap/exact/k<k> or overlap/sketch/k<k>"):
+        plots.mask_overlap_vs_step(metrics[metrics.metric.str.contains("random")])
 
 
 @pytest.mark.parametrize("figure", ["llc_vs_true", "llc_over_training"])
