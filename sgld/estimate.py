@@ -116,15 +116,18 @@ def estimate_llc(
             this run's own chains: they start the run warmed up at the chosen ε (the calibration's
             steps are extra burn-in; ``calibration_steps`` and ``calibration_seconds`` say how many).
         gamma: Localization strength :math:`\gamma \ge 0`.
-        num_steps: SGLD steps per chain, burn-in included; or ``"auto"``: sample in rounds (1000
+        num_steps: SGLD steps per chain, burn-in included; or ``"auto"``: sample in rounds (4000
             steps, then doubling the total up to ``max_steps``) until the trace has settled. After
             each round the burn-in b is the smallest of 10%, 20%, …, 50% of the trace (at least
-            ``num_burnin_steps``) after which split-:math:`\hat R` ≤ 1.05 and the four quarters'
-            :math:`\hat\lambda` spread (max − min) ≤ 10% of :math:`|\hat\lambda|`. A round *passes*
+            ``num_burnin_steps``) after which split-:math:`\hat R` ≤ 1.05, the four quarters'
+            :math:`\hat\lambda` spread (max − min) ≤ 10% of :math:`|\hat\lambda|` and the quarters
+            are not in strictly rising or falling order. A round *passes*
             if such a b exists; it stops at the first round that passes, whose previous round (the
             trace's first half) passed too, and whose :math:`\hat\lambda` moved ≤ 5% from the
-            previous round's (so never before 2000 steps), else at ``max_steps`` (b as picked there, 50% if
-            that round did not pass). Asking
+            previous round's (so never before 8000 steps), else at ``max_steps`` (b as picked there, 50% if
+            that round did not pass). With ``epsilon="auto"`` each round is first checked for its
+            step size (:mod:`sgld.monitor`): where ε has become too large for the bias budget at the
+            chains' states it shrinks, and the rounds start again from there. Asking
             for two rounds in a row means a flat stretch must last as long again as the whole trace
             before it: deep DLNs can sit on a plateau for thousands of steps and then climb again
             (4→4→7→7→7 at rank 2, with ε = "auto": λ̂ flat at 9.1 for 4000 steps, then 11), which
