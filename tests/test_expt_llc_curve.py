@@ -13,6 +13,7 @@ import data
 import expt_llc_curve
 from experiment import generators, int_seed
 from expt_llc_curve import ModelDataConfig, ex, make_loss
+from models import make_model
 from tests.data_files import write_cifar10, write_mnist
 from tests.notebook_runner import execute_notebook
 
@@ -171,7 +172,7 @@ def test_linear_realisable_lambdahat_matches_the_exact_gaussian_value():
     ({"model_data_config": {"data_name": "imagenet"}}, ValueError,
      r"unknown model_data_config.data_name 'imagenet'; choose from \['cifar10', 'cifar_animal'"),
     ({"model_data_config": {"model_name": "vgg"}}, ValueError,
-     r"unknown model_data_config.model_name 'vgg'; choose from \['mlp', 'resnet18'\]"),
+     r"unknown model_data_config.model_name 'vgg'; choose from \['mlp', 'mnas', 'resnet18'\]"),
     ({"model_data_config": {"data_name": "digits"}}, ValueError, r"model_name='resnet18' needs images"),
     ({"model_data_config": {"data_dir": "/nonexistent/llc"}}, FileNotFoundError,
      r"data_dir '/nonexistent/llc' does not exist.*cifar-10-batches-py/data_batch_1"),
@@ -184,9 +185,14 @@ def test_linear_realisable_lambdahat_matches_the_exact_gaussian_value():
     ({"model_data_config": {"model_name": "mlp", "data_name": "digits", "ptr": 100},
       "sgld_config": {"batch_size": 200}},
      ValueError, r"sgld_config.batch_size=200 exceeds the 100 training samples"),
-    ({"model_data_config": {"alpha": 10.0}}, ValueError, r"alpha .* is for model_name='mlp' only"),
+    ({"model_data_config": {"alpha": 10.0}}, ValueError, r"alpha .* is for model_name='mlp' and 'mnas' without BatchNorm only"),
     ({"logging_period": 0}, ValueError, r"logging_period must be an int >= 1, got 0"),
     ({"mask_overlap_k": -1}, ValueError, r"mask_overlap_k must be an int >= 0 \(0 = off\), got -1"),
+    ({"max_wall": -5}, ValueError, r"max_wall must be None \(no limit\) or a number of seconds > 0, got -5"),
+    ({"max_wall": "1h"}, ValueError, r"max_wall must be None"),
+    ({"ckpt_grad_stats": -2}, ValueError, r"ckpt_grad_stats must be an int >= 0 \(0 = off\), got -2"),
+    ({"model_data_config": {"model_name": "mnas", "data_name": "digits"}}, ValueError,
+     r"model_name='mnas' needs images"),
 ])
 def test_bad_config_fails_naming_the_key(updates, error, match):
     with pytest.raises(error, match=match):
@@ -242,3 +248,60 @@ def test_top_eigs_and_mask_overlap_of_a_linear_model_match_the_dense_hessian(obs
     assert metrics["hessian/top_eig1"]["steps"] == [0, 2] and metrics["hessian/mask_overlap"]["steps"] == [0, 2]
     with pytest.raises(ValueError, match=r"num_top_eigs must be an int in \[0, d=65\)"):
         ex.run(config_updates={**config, "num_top_eigs": 65}, options=QUIET)
+
+
+# --------------------------------------------------------------------------- the SGD-noise study's knobs
+
+LINEAR_PARITY = {"device": "cpu", "logging_period": 2,
+                 "model_data_config": {"model_name": "mlp", "data_name": "digits_parity", "depth": 0, "loss": "mse",
+                                       "ptr": 300, "pte": 50},
+                 "training_config": {"num_steps": 5, "batch_size": 32, "learning_rate": 0.05},
+                 "sgld_config": {"epsilon": 1e-5, "num_steps": 4, "batch_size": 32}}
+
+
+def test_max_wall_stops_at_a_checkpoint_and_says_why(observed):
+    # A budget spent before the first checkpoint ends: training stops there, at step 0 of 5.
+    run = ex.run(config_updates={**LINEAR_PARITY, "max_wall": 1e-9}, options=QUIET)
+    assert run.status == "COMPLETED"
+    assert run.info["stop_reason"] == "max_wall" and run.info["steps_trained"] == 0
+    assert [c["step"] for c in run.info["checkpoints"]] == [0]
+    assert "train/batch_loss" not in _metrics(observed / "1")
+    run = ex.run(config_updates={**LINEAR_PARITY, "max_wall": 3600.0}, options=QUIET)
+    assert run.info["stop_reason"] == "num_steps" and run.info["steps_trained"] == 4
+    assert [c["step"] for c in run.info["checkpoints"]] == [0, 2, 4]
+
+
+def test_ckpt_grad_stats_match_per_sample_gradients(observed):
+    # f = wᵀx + b, L = mean_i (f_i − y_i)²: per-sample gradients g_i = 2(f_i − y_i)x̃_i are exact, so ‖∇L_n‖ = ‖ḡ‖
+    # and, for B of n drawn without replacement, tr Cov(∇L_B) = (n − B)/(B(n − 1)) · mean_i ‖g_i − ḡ‖².
+    k = 400
+    run = ex.run(config_updates={**LINEAR_PARITY, "ckpt_grad_stats": k}, options=QUIET)
+    g_data, g_init = generators(0, 5)[:2]
+    md = ModelDataConfig(**run.config["model_data_config"])
+    d = expt_llc_curve.load_data(md, g_data)
+    model = expt_llc_curve.build_model(md, d, g_init)
+    x = torch.cat([d.x_train, torch.ones(len(d.x_train), 1)], 1).double()
+    w = torch.cat([model.net[0].weight.detach().reshape(-1), model.net[0].bias.detach()]).double()
+    g = 2 * (x @ w - d.y_train.double())[:, None] * x
+    n, b = len(x), 32
+    noise = (n - b) / (b * (n - 1)) * float((g - g.mean(0)).square().sum(1).mean())
+    row = run.info["checkpoints"][0]
+    assert row["grad/norm"] == pytest.approx(float(g.mean(0).norm()), rel=1e-4)
+    # k = 400 minibatches: the estimate's relative standard error is about sqrt(2/k) ≈ 7% or less.
+    assert row["grad/noise_trace"] == pytest.approx(noise, rel=0.2)
+    metrics = _metrics(observed / "1")
+    assert metrics["grad/norm"]["steps"] == [0, 2, 4] and len(metrics["grad/noise_trace"]["values"]) == 3
+
+
+def test_mnas_on_mnist_parity_with_hinge(cifar_dir, observed):
+    run = ex.run(config_updates={
+        "device": "cpu",
+        "model_data_config": {"model_name": "mnas", "data_name": "mnist_parity", "data_dir": str(cifar_dir),
+                              "depth": 1, "width": 4, "loss": "hinge"},
+        "sgld_config": {"epsilon": 1e-6, "num_steps": 4, "batch_size": 16},
+        "training_config": {"num_steps": 3, "batch_size": 16, "learning_rate": 0.1},
+        "logging_period": 2, "ckpt_grad_stats": 2}, options=QUIET)
+    assert run.status == "COMPLETED"
+    assert run.info["model_dim"] == sum(p.numel() for p in make_model("mnas", num_classes=1, in_channels=1,
+                                                                        h=4).parameters())
+    assert math.isfinite(run.info["checkpoints"][-1]["grad/noise_trace"])
