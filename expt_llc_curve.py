@@ -45,7 +45,16 @@ With ``num_top_eigs=k`` (0 = off) the k largest-magnitude eigenvalues of the Hes
 ``mask_overlap_k=k`` the overlap ‖M Q‖²_F/k of its top-k eigenspace Q with the mask M of the k
 largest-|w_i| parameters as ``hessian/mask_overlap`` (≈ k/d for unrelated subspaces) and the
 Grassmann distance between the two as ``hessian/mask_geodesic``. Both also go into the checkpoint rows.
-``do_plot=True`` stores ``llc_over_training.png`` (``plots.llc_over_training``) as an artifact.
+``do_plot=True`` stores ``llc_over_training.png`` (``plots.llc_over_training``) as an artifact, and
+``llc_by_block_over_training.png`` with ``llc_restrict``.
+
+Per-block λ̂. ``llc_restrict`` names groups of parameters by ``fnmatch`` patterns on
+``model.named_parameters()``, e.g. ``{"layer1": ["stages.0.*", "stages.1.*"], "fc": ["head.*"]}``; at
+each checkpoint, beside the whole network's λ̂, the restricted λ̂ of each group alone (the other
+parameters held at w_t; ``estimate_llc(restrict=...)``, same SGLD settings and seed) is logged as
+``llc/<group>/mean``, ``llc/<group>/std``, ``llc/<group>/rhat`` (and the other ``record_llc`` keys),
+and goes into the checkpoint rows; ``info["llc_restrict"]`` lists each group's sampled tensors and
+size. ``plots.llc_by_block_over_training`` draws them.
 
 The SGD-noise study's knobs (Sclocchi et al. 2023, its reference README):
 
@@ -104,6 +113,7 @@ from experiment import (
 )
 from models import make_model
 from sgld import LLCResult, estimate_llc
+from sgld.restrict import select_parameters
 
 __all__ = ["LOSSES", "CurveTrainingConfig", "ModelDataConfig", "OutputScaled", "ex", "make_loss", "realisable_loss"]
 
@@ -163,6 +173,7 @@ def config():
     do_plot = False  # store the λ̂-over-training figure as an artifact
     num_top_eigs = 0  # k > 0: log the k largest-magnitude Hessian eigenvalues where λ̂ is measured (Lanczos)
     mask_overlap_k = 0  # k > 0: log the overlap of the Hessian's top-k eigenspace with the k largest-|w_i| mask
+    llc_restrict = {}  # {group: [name patterns]}: λ̂ of each group of parameters alone, the rest at w_t
     max_wall = None  # seconds of training (checkpoints included), then stop at the next checkpoint; None: no limit
     ckpt_grad_stats = 0  # k > 0: log ‖∇L_n‖ and tr Cov(∇L_B) at batch size B from k minibatches at each checkpoint
 
@@ -392,7 +403,7 @@ def load_data(md: ModelDataConfig, generator: torch.Generator) -> datasets.Data:
 
 @ex.capture
 def check_setup(expt_name, logging_period, force_realisable, loss_trace_minibatch, verbose, do_plot, num_top_eigs,
-                mask_overlap_k, max_wall, ckpt_grad_stats) -> None:
+                mask_overlap_k, max_wall, ckpt_grad_stats, llc_restrict) -> None:
     """Validate the top-level config before any work, so a bad value fails in seconds.
 
     Raises:
@@ -407,6 +418,13 @@ def check_setup(expt_name, logging_period, force_realisable, loss_trace_minibatc
     for key, k in (("num_top_eigs", num_top_eigs), ("mask_overlap_k", mask_overlap_k),
                    ("ckpt_grad_stats", ckpt_grad_stats)):
         require(is_int(k) and k >= 0, f"{key} must be an int >= 0 (0 = off), got {k!r}")
+    require(isinstance(llc_restrict, dict), f"llc_restrict must be a dict {{group: [patterns]}}, got {llc_restrict!r}")
+    for group, patterns in llc_restrict.items():
+        require(isinstance(group, str) and group and "/" not in group,
+                f"llc_restrict group names must be non-empty strings without '/', got {group!r}")
+        require(isinstance(patterns, str) or (isinstance(patterns, (list, tuple)) and patterns
+                                              and all(isinstance(p, str) for p in patterns)),
+                f"llc_restrict[{group!r}] must be a name pattern or a non-empty list of them, got {patterns!r}")
     require(max_wall is None or (is_number(max_wall) and max_wall > 0),
             f"max_wall must be None (no limit) or a number of seconds > 0, got {max_wall!r}")
 
@@ -464,15 +482,50 @@ def measured_loss(model: nn.Module, loss_fn, d: datasets.Data,
 
 @ex.capture
 def estimate(model: nn.Module, loss_fn, d: datasets.Data, sgld: SGLDConfig, seed: int, device: torch.device,
-             loss_trace_minibatch, verbose) -> LLCResult:
+             loss_trace_minibatch, verbose, restrict: list[str] | str | None = None) -> LLCResult:
     """λ̂ at the model's current parameters on the clean labels, or against its own outputs.
 
     Returns:
-        The estimator's ``LLCResult``.
+        The estimator's ``LLCResult``, of the parameters ``restrict`` selects (None: all).
     """
     data, fn = measured_loss(model, loss_fn, d)
     return estimate_llc(model, fn, data, **sgld_kwargs(sgld), seed=seed, loss_trace_minibatch=loss_trace_minibatch,
-                        progress=progress(verbose), device=device)
+                        progress=progress(verbose), device=device, restrict=restrict)
+
+
+@ex.capture
+def block_estimates(_run, step: int, model: nn.Module, loss_fn, d: datasets.Data, sgld: SGLDConfig, seed: int,
+                    device: torch.device, llc_restrict) -> dict:
+    """The restricted λ̂ of each ``llc_restrict`` group at w_t, logged as ``llc/<group>/...``.
+
+    Returns:
+        ``{"llc/<group>/mean", "llc/<group>/std", "llc/<group>/rhat"}`` for every group.
+    """
+    row = {}
+    for group, patterns in llc_restrict.items():
+        result = estimate(model, loss_fn, d, sgld, seed, device, restrict=list(patterns) if not isinstance(
+            patterns, str) else patterns)
+        record_llc(_run, result, step, prefix=f"llc/{group}/")
+        row.update({f"llc/{group}/mean": result.lambdahat, f"llc/{group}/std": result.lambdahat_std,
+                    f"llc/{group}/rhat": result.rhat})
+    return row
+
+
+@ex.capture
+def check_restrict(model: nn.Module, llc_restrict) -> dict:
+    """Resolve every ``llc_restrict`` group on the model before training, so a bad pattern fails at once.
+
+    Returns:
+        ``{group: {"patterns", "sampled_parameters", "num_sampled"}}`` for the run's info.
+    """
+    sizes = dict(model.named_parameters())
+    out = {}
+    for group, patterns in llc_restrict.items():
+        names = select_parameters(model, patterns)
+        patterns = patterns if isinstance(patterns, str) else list(patterns)
+        out[group] = {"patterns": patterns, "sampled_parameters": names,
+                      "num_sampled": sum(sizes[n].numel() for n in names)}
+    return out
 
 
 @ex.capture
@@ -590,8 +643,9 @@ def train_and_measure(model: nn.Module, loss_fn, d: datasets.Data, sgld: SGLDCon
     def measure(t: int) -> bool:
         seed = int_seed(g_sgld)
         results.append(estimate(model, loss_fn, d, sgld, seed, device))
-        rows.append(checkpoint(_run, t, model, loss_fn, d, results[-1], temperature, seed,
-                               grad_stats(model, loss_fn, d, batch_size, g_grad)))
+        blocks = block_estimates(_run, t, model, loss_fn, d, sgld, seed, device)  # logged there
+        rows.append({**checkpoint(_run, t, model, loss_fn, d, results[-1], temperature, seed,
+                                  grad_stats(model, loss_fn, d, batch_size, g_grad)), **blocks})
         if verbose:
             print(f"step {t}: λ̂ = {results[-1].lambdahat:.4g} ± {results[-1].lambdahat_std:.2g}, train loss "
                   f"{rows[-1]['train/loss']:.4g}, test loss {rows[-1]['test/loss']:.4g}, "
@@ -609,17 +663,22 @@ def train_and_measure(model: nn.Module, loss_fn, d: datasets.Data, sgld: SGLDCon
     return rows, results[-1], "max_wall" if rows[-1]["step"] < last else "num_steps"
 
 
-def plot_curve(rows: list[dict]):
-    """``plots.llc_over_training`` of this run's checkpoints.
+@ex.capture
+def plot_curves(rows: list[dict], llc_restrict) -> dict:
+    """``plots.llc_over_training`` of this run's checkpoints, and ``llc_by_block_over_training`` with ``llc_restrict``.
 
     Returns:
-        The figure.
+        Artifact name → figure.
     """
     import plots
 
     long = pd.DataFrame([{"metric": k, "step": r["step"], "value": v} for r in rows for k, v in r.items()
-                         if k in CURVE_METRICS])
-    return plots.llc_over_training(plots.training_curve(long, CURVE_METRICS))
+                         if k != "step"])
+    figures = {"llc_over_training.png": plots.llc_over_training(
+        plots.training_curve(long[long["metric"].isin(list(CURVE_METRICS))], CURVE_METRICS))}
+    if llc_restrict:
+        figures["llc_by_block_over_training.png"] = plots.llc_by_block_over_training(long)
+    return figures
 
 
 def _to_device(d: datasets.Data, device: torch.device) -> datasets.Data:
@@ -649,6 +708,7 @@ def run(_run, sgld_config, model_data_config, training_config, device, seed, do_
     d = _to_device(d, dev)
     model = build_model(md, d, g_init).to(dev)
     check_curvature_ks(model, num_top_eigs=num_top_eigs, mask_overlap_k=mask_overlap_k)
+    _run.info["llc_restrict"] = check_restrict(model)
     loss_fn = make_loss(md.loss, md.alpha)
     _run.info.update(device_info(dev), model_dim=model_dim(model),
                      num_train=len(d.x_train), num_test=len(d.x_test), normalisation=d.normalisation,
@@ -658,7 +718,7 @@ def run(_run, sgld_config, model_data_config, training_config, device, seed, do_
     _run.info.update(result.to_dict(), stop_reason=stop_reason, steps_trained=rows[-1]["step"])
     _run.info["checkpoints"] = rows
     if do_plot:
-        save_artifacts(_run, figures={"llc_over_training.png": plot_curve(rows)})
+        save_artifacts(_run, figures=plot_curves(rows))
     final = rows[-1]
     return dict(lambdahat=result.lambdahat, lambdahat_std=result.lambdahat_std, train_loss=final["train/loss"],
                 test_loss=final["test/loss"], test_accuracy=final["test/accuracy"])

@@ -185,7 +185,8 @@ def test_linear_realisable_lambdahat_matches_the_exact_gaussian_value():
     ({"model_data_config": {"model_name": "mlp", "data_name": "digits", "ptr": 100},
       "sgld_config": {"batch_size": 200}},
      ValueError, r"sgld_config.batch_size=200 exceeds the 100 training samples"),
-    ({"model_data_config": {"alpha": 10.0}}, ValueError, r"alpha .* is for model_name='mlp' and 'mnas' without BatchNorm only"),
+    ({"model_data_config": {"alpha": 10.0}}, ValueError,
+     r"alpha .* is for model_name='mlp' and 'mnas' without BatchNorm only"),
     ({"logging_period": 0}, ValueError, r"logging_period must be an int >= 1, got 0"),
     ({"mask_overlap_k": -1}, ValueError, r"mask_overlap_k must be an int >= 0 \(0 = off\), got -1"),
     ({"max_wall": -5}, ValueError, r"max_wall must be None \(no limit\) or a number of seconds > 0, got -5"),
@@ -305,3 +306,30 @@ def test_mnas_on_mnist_parity_with_hinge(cifar_dir, observed):
     assert run.info["model_dim"] == sum(p.numel() for p in make_model("mnas", num_classes=1, in_channels=1,
                                                                         h=4).parameters())
     assert math.isfinite(run.info["checkpoints"][-1]["grad/noise_trace"])
+
+
+def test_llc_restrict_logs_each_group_and_everything_equals_the_whole(observed, tmp_path):
+    import plots
+
+    config = {**LINEAR_PARITY, "model_data_config": {**LINEAR_PARITY["model_data_config"], "depth": 1, "width": 4},
+              "llc_restrict": {"hidden": ["net.0.*"], "readout": "net.2.*", "all": ["*"]}, "do_plot": True}
+    run = ex.run(config_updates=config, options=QUIET)
+    assert run.status == "COMPLETED"
+    info = run.info["llc_restrict"]
+    assert info["hidden"]["sampled_parameters"] == ["net.0.weight", "net.0.bias"]
+    assert info["readout"]["num_sampled"] == 5 and info["all"]["num_sampled"] == run.info["model_dim"]
+    metrics = _metrics(observed / "1")
+    for group in ("hidden", "readout", "all"):
+        for stat in ("mean", "std", "rhat"):
+            assert metrics[f"llc/{group}/{stat}"]["steps"] == [0, 2, 4]
+    # The same seed on every parameter: the very same chains as the whole network's λ̂.
+    assert metrics["llc/all/mean"]["values"] == metrics["llc/mean"]["values"]
+    assert metrics["llc/hidden/mean"]["values"] != metrics["llc/mean"]["values"]
+    assert run.info["checkpoints"][-1]["llc/readout/mean"] == metrics["llc/readout/mean"]["values"][-1]
+    paths = plots.main(["llc_by_block_over_training", "--runs", str(observed), "--run-id", "1",
+                        "--out", str(tmp_path / "fig")])
+    assert all(p.is_file() for p in paths) and (observed / "1" / "llc_by_block_over_training.png").is_file()
+    with pytest.raises(ValueError, match=r"restrict pattern 'layer9.\*' matches no trainable parameter"):
+        ex.run(config_updates={**config, "llc_restrict": {"x": ["layer9.*"]}}, options=QUIET)
+    with pytest.raises(ValueError, match="llc_restrict group names must be non-empty strings without '/'"):
+        ex.run(config_updates={**config, "llc_restrict": {"a/b": ["*"]}}, options=QUIET)
