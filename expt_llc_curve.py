@@ -48,8 +48,8 @@ Grassmann distance between the two as ``hessian/mask_geodesic``. Both also go in
 ``do_plot=True`` stores ``llc_over_training.png`` (``plots.llc_over_training``) as an artifact, and
 ``llc_by_block_over_training.png`` with ``llc_restrict``.
 
-Per-block λ̂. ``llc_restrict`` names groups of parameters by ``fnmatch`` patterns on
-``model.named_parameters()``, e.g. ``{"layer1": ["stages.0.*", "stages.1.*"], "fc": ["head.*"]}``; at
+Per-block λ̂. ``llc_restrict`` names groups of parameters (group names without dots) by ``fnmatch``
+patterns on ``model.named_parameters()``, e.g. ``{"layer1": ["stages.0.*", "stages.1.*"], "fc": ["head.*"]}``; at
 each checkpoint, beside the whole network's λ̂, the restricted λ̂ of each group alone (the other
 parameters held at w_t; ``estimate_llc(restrict=...)``, same SGLD settings and seed) is logged as
 ``llc/<group>/mean``, ``llc/<group>/std``, ``llc/<group>/rhat`` (and the other ``record_llc`` keys),
@@ -190,6 +190,13 @@ def mnist1d_mlp():
                    "num_burnin_steps": 100}
     logging_period = 150
     do_plot = True
+
+
+@ex.named_config
+def resnet18_blocks():
+    """Per-block λ̂ of ResNet18: its stem, the four stages (two basic blocks each) and the classifier."""
+    llc_restrict = {"stem": ["stem.*"], "layer1": ["stages.0.*", "stages.1.*"], "layer2": ["stages.2.*", "stages.3.*"],
+                    "layer3": ["stages.4.*", "stages.5.*"], "layer4": ["stages.6.*", "stages.7.*"], "fc": ["head.*"]}
 
 
 @ex.named_config
@@ -422,6 +429,9 @@ def check_setup(expt_name, logging_period, force_realisable, loss_trace_minibatc
     for group, patterns in llc_restrict.items():
         require(isinstance(group, str) and group and "/" not in group,
                 f"llc_restrict group names must be non-empty strings without '/', got {group!r}")
+        require(not isinstance(patterns, dict),
+                f"llc_restrict[{group!r}] is a dict {patterns!r}: a group name with '.' (Sacred reads a dotted key as "
+                "nesting); name the group without dots, e.g. 'layer1'")
         require(isinstance(patterns, str) or (isinstance(patterns, (list, tuple)) and patterns
                                               and all(isinstance(p, str) for p in patterns)),
                 f"llc_restrict[{group!r}] must be a name pattern or a non-empty list of them, got {patterns!r}")

@@ -7,6 +7,7 @@ import shlex
 import numpy as np
 import pytest
 import torch
+from sacred.initialize import create_run
 from sacred.observers import FileStorageObserver
 
 import data
@@ -331,5 +332,15 @@ def test_llc_restrict_logs_each_group_and_everything_equals_the_whole(observed, 
     assert all(p.is_file() for p in paths) and (observed / "1" / "llc_by_block_over_training.png").is_file()
     with pytest.raises(ValueError, match=r"restrict pattern 'layer9.\*' matches no trainable parameter"):
         ex.run(config_updates={**config, "llc_restrict": {"x": ["layer9.*"]}}, options=QUIET)
+    with pytest.raises(ValueError, match=r"llc_restrict\['net'\] is a dict .* a group name with '.'"):
+        ex.run(config_updates={**config, "llc_restrict": {"net.0": ["net.0.*"]}}, options=QUIET)
     with pytest.raises(ValueError, match="llc_restrict group names must be non-empty strings without '/'"):
         ex.run(config_updates={**config, "llc_restrict": {"a/b": ["*"]}}, options=QUIET)
+
+
+def test_resnet18_blocks_cover_every_parameter_once():
+    groups = create_run(ex, "run", {}, named_configs=["resnet18_blocks"]).config["llc_restrict"]
+    resolved = expt_llc_curve.check_restrict(make_model("resnet18", width_factor=0.0625), groups)
+    names = [n for g in resolved.values() for n in g["sampled_parameters"]]
+    assert sorted(names) == sorted(n for n, _ in make_model("resnet18", width_factor=0.0625).named_parameters())
+    assert set(resolved) == {"stem", "layer1", "layer2", "layer3", "layer4", "fc"}  # Sacred sorts the keys
