@@ -448,9 +448,27 @@ def llc_by_block_over_training(metrics: pd.DataFrame) -> Figure:
             ax.errorbar(whole["step"], whole["mean"], yerr=whole["std"] if "std" in whole else None, color="k",
                         marker="s", ms=3, lw=1.4, capsize=2, label="whole network")
         ax.axhline(0, color="0.6", lw=0.8)
+        _clip_first_step(ax, wide)
         ax.set(xlabel="training step $t$", ylabel=rf"estimated LLC {_LAMBDAHAT}$(w_t)$, group alone")
         ax.legend(loc="best", ncols=2)
     return fig
+
+
+def _clip_first_step(ax: Axes, wide: pd.DataFrame) -> None:
+    # λ̂ at the first checkpoint (the initialisation, no minimum) can be far below the rest: keep the
+    # axis on the later points and say so, rather than squash them.
+    first = wide["step"].min()
+    later = wide.loc[wide["step"] > first, "mean"].dropna()
+    if later.empty:
+        return
+    lo, hi = float(later.min()), float(later.max())
+    pad = 0.15 * max(hi - lo, 1.0)
+    lo, hi = min(lo, 0.0) - pad, hi + pad
+    off = wide.loc[(wide["step"] == first) & ~wide["mean"].between(lo, hi), "mean"].dropna()
+    if not off.empty:
+        ax.set_ylim(lo, hi)
+        ax.annotate(f"t = {first:g}: {_minus(f'{off.min():.0f}')} to {_minus(f'{off.max():.0f}')}, off scale",
+                    xy=(0.99, 0.02), xycoords="axes fraction", ha="right", fontsize=8, color="0.4")
 
 
 def training_curve(
