@@ -201,3 +201,16 @@ def test_dln_middle_layer_with_minibatches():
     res = estimate_llc(model, _mse, data, epsilon="auto", num_steps=3000, num_burnin_steps=600, num_chains=4,
                        batch_size=100, seed=0, restrict="layers.1.*")
     assert res.lambdahat == pytest.approx(2.0, rel=0.08)
+
+
+def test_calibrate_epsilon_sees_the_restricted_curvature():
+    # Block a has curvature 2 nbeta in 4 coordinates, block b none: restricted to b only gamma is left,
+    # so the calibrated step is far larger than for the whole model.
+    from sgld import calibrate_epsilon
+
+    model = _Blocks(20, {"a": 4, "b": 0})
+    data = toy_data(1000)
+    whole = calibrate_epsilon(model, model.loss_fn, data, pilot_steps=50, batch_size=100, seed=0)
+    flat = calibrate_epsilon(model, model.loss_fn, data, pilot_steps=50, batch_size=100, seed=0,
+                             restrict="blocks.b.*")
+    assert flat["epsilon"] > 10 * whole["epsilon"]
