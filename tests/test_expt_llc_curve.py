@@ -344,3 +344,15 @@ def test_resnet18_blocks_cover_every_parameter_once():
     names = [n for g in resolved.values() for n in g["sampled_parameters"]]
     assert sorted(names) == sorted(n for n, _ in make_model("resnet18", width_factor=0.0625).named_parameters())
     assert set(resolved) == {"stem", "layer1", "layer2", "layer3", "layer4", "fc"}  # Sacred sorts the keys
+
+
+def test_resnet18_blocks_run_logs_every_block(cifar_dir, observed):
+    run = ex.run(named_configs=["resnet18_blocks"], config_updates={
+        "device": "cpu", "model_data_config": {"data_dir": str(cifar_dir), "layer_width_factor": 0.0625},
+        "sgld_config": {"epsilon": 1e-5, "num_steps": 4, "batch_size": 16, "num_chains": 2},
+        "training_config": {"num_steps": 2, "batch_size": 8}, "logging_period": 1}, options=QUIET)
+    assert run.status == "COMPLETED"
+    metrics = _metrics(observed / "1")
+    for group in ("stem", "layer1", "layer2", "layer3", "layer4", "fc"):
+        assert metrics[f"llc/{group}/mean"]["steps"] == [0, 1]
+    assert sum(g["num_sampled"] for g in run.info["llc_restrict"].values()) == run.info["model_dim"]
