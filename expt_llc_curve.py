@@ -121,7 +121,7 @@ ex = Experiment("llc_curve")
 
 LOSSES = ("cross_entropy", "hinge", "mse")
 MODEL_NAMES = ("mlp", "mnas", "resnet18")
-IMAGE_SETS = ("cifar10", "cifar_animal", "mnist", "mnist_parity")
+IMAGE_SETS = ("cifar10", "cifar_animal", "mnist", "mnist_parity", "digits_images")
 EVAL_BATCH = 1024  # samples per forward pass when evaluating losses on a whole set
 # metric -> column of the frame plots.llc_over_training reads
 CURVE_METRICS = {"llc/mean": "lambdahat", "llc/std": "lambdahat_std", "train/loss": "train_loss",
