@@ -288,12 +288,13 @@ def train_sgd(model: torch.nn.Module, loss_fn: Callable, batch: Callable[[int], 
         num_steps: T, the number of updates; default ``training.num_steps``.
         weight_decay: L2 penalty coefficient added to the gradient.
         measure_at: Steps in [0, T] at which to call ``measure``.
-        measure: ``measure(t)``, called at w_t.
+        measure: ``measure(t)``, called at w_t; if it returns True, training stops there (the
+            trace then ends at step t).
         check_every: Steps between finiteness checks.
         show_progress: Show a progress bar.
 
     Returns:
-        The (T,) minibatch losses, on the model's device.
+        The (T,) minibatch losses, on the model's device; (t,) if ``measure(t)`` stopped training.
 
     Raises:
         FloatingPointError: If a training loss is NaN or infinite.
@@ -303,8 +304,8 @@ def train_sgd(model: torch.nn.Module, loss_fn: Callable, batch: Callable[[int], 
     opt = make_optimizer(model.parameters(), training, weight_decay=weight_decay)
     todo, trace, checked = set(measure_at), torch.empty(num_steps, device=device), 0
     for t in tqdm(range(num_steps + 1), desc="training", disable=not show_progress):
-        if t in todo and measure is not None:
-            measure(t)
+        if t in todo and measure is not None and measure(t):
+            return trace[:t]
         if t == num_steps:
             break
         x, y = batch(t)

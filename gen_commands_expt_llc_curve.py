@@ -27,6 +27,11 @@ Presets:
 * ``sgd_noise_cpu``: the same question sized for one CPU core (about 10 minutes in all):
   a 2×64 ReLU MLP with the hinge loss on ``mnist1d_parity`` (ptr 2048), batch 16, 2001 steps,
   temperatures 2^−11, 2^−9, 2^−7, 2^−5, seeds 0-2: 12 lines.
+* ``mnas`` and ``mnas_cifar``: the SGD-noise study's MNAS sweeps (reference commands ``--arch mnas
+  --act relu --L 1 --h 64 --alpha 32768 --loss hinge --dynamics sgd --bs 16 --pte 32768
+  --ckpt_grad_stats 128``, ``--max_wall`` 10000 s on ``mnist_parity``, 8000 s on ``cifar_animal``):
+  temperatures 2^−20 … 2^0, ptr 1024 … 16384, seeds 0-4: 21 × 5 × 5 = 525 lines each. The output
+  scale α needs an MNAS without BatchNorm (``model_data_config.batch_norm=False``).
 
 The YAML/JSON file is a mapping such as::
 
@@ -70,6 +75,27 @@ REFERENCE_BASE: dict[str, Any] = {
     "verbose": False,
 }
 
+# The reference's MNAS command line (its sweep axes are in the presets).
+MNAS_BASE: dict[str, Any] = {
+    "model_data_config.model_name": "mnas",
+    "model_data_config.activation": "relu",
+    "model_data_config.depth": 1,
+    "model_data_config.width": 64,
+    "model_data_config.batch_norm": False,
+    "model_data_config.alpha": 32768.0,
+    "model_data_config.loss": "hinge",
+    "model_data_config.pte": 32768,
+    "training_config.optim": "sgd",
+    "training_config.momentum": None,
+    "training_config.batch_size": 16,
+    "training_config.num_steps": 1_000_001,
+    "ckpt_grad_stats": 128,
+    "sgld_config.epsilon": 1e-6,
+    "sgld_config.num_steps": 2000,
+    "sgld_config.batch_size": 256,
+    "logging_period": 5000,
+}
+
 PRESETS: dict[str, dict[str, Any]] = {
     "reference": {
         "name": "llc_curve_sweep",
@@ -99,6 +125,24 @@ PRESETS: dict[str, dict[str, Any]] = {
         "sgld_config.batch_size": 256,
         "logging_period": 5000,
         "temperature": [2.0**i for i in range(-13, 3)],
+        "model_data_config.ptr": [1024, 2048, 4096, 8192, 16384],
+        "seed": [0, 1, 2, 3, 4],
+    },
+    "mnas": {
+        "name": "mnas_sweep",
+        **MNAS_BASE,
+        "model_data_config.data_name": "mnist_parity",
+        "max_wall": 10000.0,
+        "temperature": [2.0**i for i in range(-20, 1)],
+        "model_data_config.ptr": [1024, 2048, 4096, 8192, 16384],
+        "seed": [0, 1, 2, 3, 4],
+    },
+    "mnas_cifar": {
+        "name": "mnas_cifar_sweep",
+        **MNAS_BASE,
+        "model_data_config.data_name": "cifar_animal",
+        "max_wall": 8000.0,
+        "temperature": [2.0**i for i in range(-20, 1)],
         "model_data_config.ptr": [1024, 2048, 4096, 8192, 16384],
         "seed": [0, 1, 2, 3, 4],
     },

@@ -21,6 +21,8 @@ figure                     shows                                          data
                            training, per k
 ``llc_curves_by_           λ̂ and test loss over training, one colour per   ``training_curves``
 temperature``              SGD temperature η/B, seeds averaged
+``llc_by_block_over_       restricted λ̂ of each parameter group (layer,   ``load_metrics``
+training``                 block) over training, beside the whole network
 =========================  =============================================  ======================
 
 From the command line, writing ``OUT/FIGURE.png`` and ``OUT/FIGURE.pdf``::
@@ -61,6 +63,7 @@ __all__ = [
     "llc_vs_hessian_rank",
     "llc_curves_by_temperature",
     "mask_overlap_vs_step",
+    "llc_by_block_over_training",
     "training_curve",
     "training_curves",
     "main",
@@ -410,6 +413,68 @@ def mask_overlap_vs_step(metrics: pd.DataFrame) -> Figure:
     return fig
 
 
+def llc_by_block_over_training(metrics: pd.DataFrame) -> Figure:
+    r"""Restricted λ̂ of each parameter group over training, beside the whole network's λ̂.
+
+    One colour per group (``expt_llc_curve.py``'s ``llc_restrict``), with the chains' std as error
+    bars; the whole network's λ̂ in black and the sum of the groups' λ̂ dotted (a group's λ̂ holds
+    the others at w_t, so the sum need not equal the whole).
+
+    Args:
+        metrics: One run's ``results.load_metrics`` rows with metrics ``llc/<group>/mean`` (and
+            optionally ``llc/<group>/std``, ``llc/mean``, ``llc/std``).
+
+    Returns:
+        The figure.
+
+    Raises:
+        ValueError: If the metrics mix runs or hold no ``llc/<group>/mean``.
+    """
+    _require(metrics, ["metric", "step", "value"], "llc_by_block_over_training")
+    _one_run(metrics, "llc_by_block_over_training")
+    parts = metrics["metric"].str.extract(r"^llc/(?:(.+)/)?(mean|std)$")
+    data = metrics.assign(group=parts[0].fillna(""), stat=parts[1]).dropna(subset=["stat"])
+    wide = data.pivot_table(index=["group", "step"], columns="stat", values="value", aggfunc="mean").reset_index()
+    groups = [g for g in dict.fromkeys(data.loc[data["group"] != "", "group"])]
+    if not groups:
+        raise ValueError("llc_by_block_over_training: no metric llc/<group>/mean in these metrics (set llc_restrict)")
+    with mpl.rc_context(_STYLE):
+        fig = Figure(figsize=(7, 4.4), layout="constrained")
+        ax = fig.subplots()
+        for i, group in enumerate(groups):
+            g = wide[wide["group"] == group].sort_values("step")
+            ax.errorbar(g["step"], g["mean"], yerr=g["std"] if "std" in g else None, color=f"C{i}", marker="o",
+                        ms=3, lw=1.2, capsize=2, label=group)
+        total = wide[wide["group"] != ""].groupby("step")["mean"].sum(min_count=len(groups)).dropna()
+        ax.plot(total.index, total.values, color="0.5", ls=":", lw=1.4, label="sum of the groups")
+        whole = wide[wide["group"] == ""].sort_values("step")
+        if not whole.empty:
+            ax.errorbar(whole["step"], whole["mean"], yerr=whole["std"] if "std" in whole else None, color="k",
+                        marker="s", ms=3, lw=1.4, capsize=2, label="whole network")
+        ax.axhline(0, color="0.6", lw=0.8)
+        _clip_first_step(ax, wide)
+        ax.set(xlabel="training step $t$", ylabel=rf"estimated LLC {_LAMBDAHAT}$(w_t)$, group alone")
+        ax.legend(loc="best", ncols=2)
+    return fig
+
+
+def _clip_first_step(ax: Axes, wide: pd.DataFrame) -> None:
+    # λ̂ at the first checkpoint (the initialisation, no minimum) can be far below the rest: keep the
+    # axis on the later points and say so, rather than squash them.
+    first = wide["step"].min()
+    later = wide.loc[wide["step"] > first, "mean"].dropna()
+    if later.empty:
+        return
+    lo, hi = float(later.min()), float(later.max())
+    pad = 0.15 * max(hi - lo, 1.0)
+    lo, hi = min(lo, 0.0) - pad, hi + pad
+    off = wide.loc[(wide["step"] == first) & ~wide["mean"].between(lo, hi), "mean"].dropna()
+    if not off.empty:
+        ax.set_ylim(lo, hi)
+        ax.annotate(f"t = {first:g}: {_minus(f'{off.min():.0f}')} to {_minus(f'{off.max():.0f}')}, off scale",
+                    xy=(0.99, 0.02), xycoords="axes fraction", ha="right", fontsize=8, color="0.4")
+
+
 def training_curve(
     metrics: pd.DataFrame, names: dict[str, str] | None = None
 ) -> pd.DataFrame:
@@ -636,6 +701,7 @@ FIGURES: dict[str, tuple[Callable[..., Figure], Callable[..., pd.DataFrame]]] = 
     "llc_vs_hessian_rank": (llc_vs_hessian_rank, _runs_frame),
     "llc_curves_by_temperature": (llc_curves_by_temperature, _temperature_frame),
     "mask_overlap_vs_step": (mask_overlap_vs_step, _metrics_frame),
+    "llc_by_block_over_training": (llc_by_block_over_training, _metrics_frame),
 }
 """Figure name → (drawing function, how the command line builds its frame from sources)."""
 

@@ -25,6 +25,7 @@ MODELS: dict[str, str] = {
     "dln": "models.dln:DLN",
     "mlp": "models.mlp:MLP",
     "resnet18": "models.resnet:resnet18",
+    "mnas": "models.mnas:mnas",
 }
 
 

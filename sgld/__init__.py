@@ -61,6 +61,7 @@ Modules, each importing only those above it:
 ``diagnostics``          λ̂ from losses, by quarter, split-R̂, ESS (numpy only)
 ``update``               the SGLD step, the ``SGLD`` optimizer, the preconditioners P
 ``source``               the n samples behind one interface
+``restrict``             which parameter tensors to sample (the restricted, weight-refined LLC)
 ``potential``            nβ, and the model as a function of a flat parameter vector, batched over chains
 ``start``                the checks at w* before any step, and L_n(w*)
 ``mala``                 the Metropolis–Hastings ratio: acceptance of SGLD's steps, full-batch MALA

@@ -19,6 +19,7 @@ from sgld.chains import Chains, chain_generators
 from sgld.checks import check_int
 from sgld.geometry import measure_geometry
 from sgld.potential import LossFn, Potential, default_nbeta
+from sgld.restrict import Restrict
 from sgld.source import Data, DataSource
 from sgld.start import checked_init_loss, probe
 
@@ -82,6 +83,7 @@ def calibrate_epsilon(
     max_backoffs: int = 8,
     seed: int = 0,
     device: torch.device | str | None = None,
+    restrict: Restrict = None,
 ) -> dict[str, Any]:
     r"""Choose the SGLD step size ε from the local geometry and gradient noise at :math:`w^*`, then check it.
 
@@ -157,6 +159,7 @@ def calibrate_epsilon(
         max_backoffs: How many times the pilot's ε may shrink.
         seed: Seed for the probes and the pilot.
         device: Where to compute; default the model's device.
+        restrict: The parameters to sample, the rest held at :math:`w^*`, as for ``estimate_llc``.
 
     Returns:
         A dict with ``epsilon`` and what it was derived from: ``a_max``, ``hessian_trace`` (as
@@ -168,7 +171,8 @@ def calibrate_epsilon(
         ``calibration_seconds`` and the ``rule``.
 
     Raises:
-        ValueError: If the loss at :math:`w^*` is not finite, or for an out-of-range argument.
+        ValueError: If the loss at :math:`w^*` is not finite, for an out-of-range argument, or an
+            empty or unknown ``restrict``.
     """
     device = torch.device(device) if device is not None else next(model.parameters()).device
     source = DataSource(data, device)
@@ -177,7 +181,7 @@ def calibrate_epsilon(
     m = source.n if full else min(batch_size, source.n)
     check_int("pilot_steps", pilot_steps, 2)
     check_int("pilot_chains", pilot_chains, 1)
-    potential = Potential(model, loss_fn, device)
+    potential = Potential(model, loss_fn, device, restrict)
     probe(potential, source)
     init_loss, sigma_m = checked_init_loss(potential, source, m, full)
     chains = Chains(potential, source, chain_generators(seed + 1, pilot_chains, device), group=pilot_chains,

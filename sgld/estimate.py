@@ -21,6 +21,7 @@ from sgld.checks import check_int, check_nonnegative, check_positive
 from sgld.mala import run_mala
 from sgld.monitor import StepSizeMonitor
 from sgld.potential import LossFn, Potential, default_nbeta
+from sgld.restrict import Restrict
 from sgld.result import LLCResult, summarise
 from sgld.source import Data, DataSource
 from sgld.start import checked_init_loss, probe
@@ -93,6 +94,7 @@ def estimate_llc(
     device: torch.device | str | None = None,
     max_steps: int = 64_000,
     preconditioner: Preconditioner = None,
+    restrict: Restrict = None,
 ) -> LLCResult:
     r"""Estimate the local learning coefficient :math:`\hat\lambda(w^*)` at the model's parameters.
 
@@ -168,7 +170,11 @@ def estimate_llc(
             left out get 1); or a sequence with one value per trainable parameter tensor in
             ``model.parameters()`` order. A value is a number > 0 (the whole tensor) or a tensor of
             the parameter's shape. ``"rmsprop"`` or an :class:`RMSPropPreconditioner` adapts P
-            per chain from the gradients. Not combinable with ``epsilon="auto"``.
+            per chain from the gradients. Not combinable with ``epsilon="auto"``. With ``restrict``,
+            it covers the sampled tensors only: naming another is an error.
+        restrict: The parameters to sample, the rest held at :math:`w^*` (:mod:`sgld.restrict`):
+            name patterns (``"layer3.*"``, ``["net.0.weight", "fc.*"]``), ``{name: bool}``, or one
+            bool per trainable tensor; None samples all. λ̂ is then that of the restricted posterior.
 
     Returns:
         An :class:`LLCResult`. A chain *diverges* at the first step whose loss is NaN or
@@ -181,7 +187,8 @@ def estimate_llc(
     Raises:
         ValueError: For an out-of-range argument (named in the message), empty data, a model
             that does not accept the data, a loss that is NaN/infinite at :math:`w^*` (the
-            message names the parameters involved), or a preconditioner that does not fit the model.
+            message names the parameters involved), a preconditioner that does not fit the model, or an
+            empty or unknown ``restrict`` (the message lists the parameter names).
     """
     device = torch.device(device) if device is not None else next(model.parameters()).device
     source = DataSource(data, device)
@@ -191,7 +198,7 @@ def estimate_llc(
               mala_every, chain_batch_size, max_steps)
     full = batch_size is None or batch_size == "full"
     m = source.n if full else batch_size
-    potential = Potential(model, loss_fn, device)
+    potential = Potential(model, loss_fn, device, restrict)
     precond, precond_names = flat_preconditioner(preconditioner, potential.names, potential.shapes, potential.w_star)
     nbeta = default_nbeta(source.n) if nbeta is None else float(nbeta)
     probe(potential, source)
@@ -243,6 +250,7 @@ def estimate_llc(
         calibration=calibration, full_batch=full, stopping=stopping,
         init_loss_method=f"full data, n={source.n}, in batches of {min(m, 4096) if full else m}",
         preconditioner=precond_record(precond, chains.final_precond(), precond_names, potential.numels),
+        **potential.sampled(),
     )
 
 
@@ -260,6 +268,7 @@ def mala_estimate_llc(
     num_burnin_steps: int = 0,
     eval_batch_size: int = 4096,
     device: torch.device | str | None = None,
+    restrict: Restrict = None,
 ) -> LLCResult:
     r"""Reference estimate with full-batch Metropolis-adjusted Langevin (MALA), exact up to mixing.
 
@@ -282,17 +291,18 @@ def mala_estimate_llc(
         num_burnin_steps: Leading steps left out of :math:`\hat\lambda`.
         eval_batch_size: Samples per forward pass when summing over the data.
         device: Where to compute; default the model's device.
+        restrict: The parameters to sample, as for :func:`estimate_llc`.
 
     Returns:
         An :class:`LLCResult` whose ``mala_acceptance`` is the realised acceptance rate.
 
     Raises:
-        ValueError: For an out-of-range argument.
+        ValueError: For an out-of-range argument or an empty or unknown ``restrict``.
     """
     device = torch.device(device) if device is not None else next(model.parameters()).device
     source = DataSource(data, device)
     _validate(source.n, epsilon, gamma, num_steps, num_chains, 1, nbeta, num_burnin_steps, 0, None)
-    potential = Potential(model, loss_fn, device)
+    potential = Potential(model, loss_fn, device, restrict)
     nbeta = default_nbeta(source.n) if nbeta is None else float(nbeta)
     gens = chain_generators(seed, num_chains, device)
     bs = min(eval_batch_size, source.n)
@@ -306,5 +316,5 @@ def mala_estimate_llc(
         trace, rate, [None] * num_chains, init_loss=init_loss, n=source.n, nbeta=nbeta,
         epsilon=epsilon, gamma=gamma, batch_size=source.n, num_burnin_steps=num_burnin_steps,
         loss_trace_minibatch=False, control_variate=False, seed=seed, wall=wall, calibration=None,
-        init_loss_method=f"full data, n={source.n}, in batches of {bs}",
+        init_loss_method=f"full data, n={source.n}, in batches of {bs}", **potential.sampled(),
     )

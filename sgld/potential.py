@@ -14,6 +14,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import vmap
 
+from sgld.restrict import Restrict, restrict_record, select_parameters
 from sgld.source import DataSource
 
 __all__ = ["LossFn", "Potential", "default_nbeta"]
@@ -66,13 +67,22 @@ class Potential:
             ones once, are the blocks of the vector, named as in ``model.named_parameters()``.
         loss_fn: ``loss_fn(output, target)``, the mean loss over a batch.
         device: Where to compute.
+        restrict: The parameter tensors to sample (:mod:`sgld.restrict`); the others stay fixed at
+            :math:`w^*` in the private copy (no gradient, noise or update) and are not in the
+            vector. None: every trainable parameter.
 
     Raises:
-        ValueError: If the model has no trainable parameters.
+        ValueError: If the model has no trainable parameters, or for a selection that
+            :func:`~sgld.restrict.select_parameters` rejects.
     """
 
-    def __init__(self, model: nn.Module, loss_fn: LossFn, device: torch.device) -> None:
+    def __init__(self, model: nn.Module, loss_fn: LossFn, device: torch.device, restrict: Restrict = None) -> None:
         self.module = copy.deepcopy(model).to(device).eval()
+        self.restrict = restrict_record(restrict)
+        if restrict is not None:
+            sampled = set(select_parameters(self.module, restrict))
+            for name, p in self.module.named_parameters():
+                p.requires_grad_(name in sampled)
         self.loss_fn = loss_fn
         self.shapes: list[torch.Size] = []
         self.slots: list[tuple[nn.Module, str, int]] = []
@@ -107,6 +117,15 @@ class Potential:
         # Set by sgld.start.probe when autograd gives NaN at w* where the loss is finite (a removable 0·∞,
         # e.g. the derivative of w⁰ at w = 0): NaN gradient entries are then taken as 0.
         self.nan_grad_to_zero = False
+
+    def sampled(self) -> dict:
+        """What the chains sample, for ``LLCResult``.
+
+        Returns:
+            ``restrict`` (the selection as given, None for all), ``sampled_parameters`` (the
+            names of the vector's blocks) and ``num_sampled`` (d, the restricted posterior's dimension).
+        """
+        return {"restrict": self.restrict, "sampled_parameters": list(self.names), "num_sampled": self.d}
 
     def block_names(self, mask: Tensor) -> list[str]:
         """Names of the parameter blocks a mask touches.
@@ -156,6 +175,8 @@ class Potential:
             if next(module.children(), None) is not None:
                 continue
             if isinstance(module, nn.Linear):
+                if module._parameters.get("bias") is not None:
+                    return None  # a bias held fixed (not sampled): the batched path would drop it
                 layers.append((module, slot.get((id(module), "weight")), slot.get((id(module), "bias"))))
             elif isinstance(module, _ELEMENTWISE):
                 layers.append((module, None, None))

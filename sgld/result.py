@@ -56,6 +56,9 @@ class LLCResult:
         preconditioner: The diagonal preconditioner P, None for P = I: ``kind`` ("fixed" or
             "rmsprop"), and per parameter tensor (by name) its value (fixed; mean, min and max
             for a tensor) or, for rmsprop, ``decay``, ``damping`` and the mean P at the last step.
+        restrict: The selection of parameters sampled, as given (:mod:`sgld.restrict`); None for all.
+        sampled_parameters: Names of the parameter tensors sampled; the others stayed at :math:`w^*`.
+        num_sampled: Number of parameters sampled, d of the (restricted) posterior.
     """
 
     lambdahat: float
@@ -88,6 +91,9 @@ class LLCResult:
     calibration_steps: int = 0
     stopping: dict | None = field(default=None)
     preconditioner: dict | None = field(default=None)
+    restrict: str | list | dict | None = field(default=None)
+    sampled_parameters: list[str] = field(default_factory=list)
+    num_sampled: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         """All scalars and settings as plain JSON-serialisable Python values (no loss trace).
@@ -114,7 +120,8 @@ def summarise(
     nbeta: float, epsilon: float, gamma: float, batch_size: int, num_burnin_steps: int,
     loss_trace_minibatch: bool, control_variate: bool, seed: int, wall: float, calibration: dict | None,
     init_loss_method: str, full_batch: bool = False, stopping: dict | None = None,
-    preconditioner: dict | None = None,
+    preconditioner: dict | None = None, restrict: str | list | dict | None = None,
+    sampled_parameters: list[str] | None = None, num_sampled: int = 0,
 ) -> LLCResult:
     r"""Turn raw chain output into an :class:`LLCResult` with its diagnostics.
 
@@ -142,6 +149,9 @@ def summarise(
         full_batch: Exact full batch.
         stopping: The stopping rule's record, or None.
         preconditioner: The preconditioner's record, or None.
+        restrict: The selection of parameters sampled, as given.
+        sampled_parameters: Their names.
+        num_sampled: Their number of entries, d.
 
     Returns:
         The :class:`LLCResult`.
@@ -191,6 +201,9 @@ def summarise(
         calibration_steps=calibration["calibration_steps"] if calibration else 0,
         stopping=stopping,
         preconditioner=preconditioner,
+        restrict=restrict,
+        sampled_parameters=list(sampled_parameters or []),
+        num_sampled=int(num_sampled),
     )
     if math.isfinite(result.rhat) and result.rhat > 1.1:
         warnings.warn(

@@ -72,6 +72,10 @@ def test_digits_split_and_normalisation():
     parity = data.load("digits_parity")
     assert torch.equal(parity.x_train, d.x_train) and torch.equal(parity.y_train, d.y_train % 2)
     assert data.load("digits", targets="onehot").y_train.argmax(1).tolist() == d.y_train.tolist()
+    images = data.load("digits_images", ptr=100, pte=50, seed=3)
+    flat = data.load("digits", ptr=100, pte=50, seed=3)
+    assert images.input_shape == (1, 8, 8) and torch.equal(images.x_train.flatten(1), flat.x_train)
+    assert torch.equal(images.y_train, flat.y_train)
 
 
 @pytest.mark.slow

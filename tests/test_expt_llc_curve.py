@@ -7,12 +7,14 @@ import shlex
 import numpy as np
 import pytest
 import torch
+from sacred.initialize import create_run
 from sacred.observers import FileStorageObserver
 
 import data
 import expt_llc_curve
 from experiment import generators, int_seed
 from expt_llc_curve import ModelDataConfig, ex, make_loss
+from models import make_model
 from tests.data_files import write_cifar10, write_mnist
 from tests.notebook_runner import execute_notebook
 
@@ -175,7 +177,7 @@ def test_linear_realisable_lambdahat_matches_the_exact_gaussian_value():
     ({"model_data_config": {"data_name": "imagenet"}}, ValueError,
      r"unknown model_data_config.data_name 'imagenet'; choose from \['cifar10', 'cifar_animal'"),
     ({"model_data_config": {"model_name": "vgg"}}, ValueError,
-     r"unknown model_data_config.model_name 'vgg'; choose from \['mlp', 'resnet18'\]"),
+     r"unknown model_data_config.model_name 'vgg'; choose from \['mlp', 'mnas', 'resnet18'\]"),
     ({"model_data_config": {"data_name": "digits"}}, ValueError, r"model_name='resnet18' needs images"),
     ({"model_data_config": {"data_dir": "/nonexistent/llc"}}, FileNotFoundError,
      r"data_dir '/nonexistent/llc' does not exist.*cifar-10-batches-py/data_batch_1"),
@@ -188,9 +190,15 @@ def test_linear_realisable_lambdahat_matches_the_exact_gaussian_value():
     ({"model_data_config": {"model_name": "mlp", "data_name": "digits", "ptr": 100},
       "sgld_config": {"batch_size": 200}},
      ValueError, r"sgld_config.batch_size=200 exceeds the 100 training samples"),
-    ({"model_data_config": {"alpha": 10.0}}, ValueError, r"alpha .* is for model_name='mlp' only"),
+    ({"model_data_config": {"alpha": 10.0}}, ValueError,
+     r"alpha .* is for model_name='mlp' and 'mnas' without BatchNorm only"),
     ({"logging_period": 0}, ValueError, r"logging_period must be an int >= 1, got 0"),
     ({"mask_overlap_k": -1}, ValueError, r"mask_overlap_k must be an int >= 0 \(0 = off\), got -1"),
+    ({"max_wall": -5}, ValueError, r"max_wall must be None \(no limit\) or a number of seconds > 0, got -5"),
+    ({"max_wall": "1h"}, ValueError, r"max_wall must be None"),
+    ({"ckpt_grad_stats": -2}, ValueError, r"ckpt_grad_stats must be an int >= 0 \(0 = off\), got -2"),
+    ({"model_data_config": {"model_name": "mnas", "data_name": "digits"}}, ValueError,
+     r"model_name='mnas' needs images"),
 ])
 def test_bad_config_fails_naming_the_key(updates, error, match):
     with pytest.raises(error, match=match):
@@ -246,3 +254,109 @@ def test_top_eigs_and_mask_overlap_of_a_linear_model_match_the_dense_hessian(obs
     assert metrics["hessian/top_eig1"]["steps"] == [0, 2] and metrics["hessian/mask_overlap"]["steps"] == [0, 2]
     with pytest.raises(ValueError, match=r"num_top_eigs must be an int in \[0, d=65\)"):
         ex.run(config_updates={**config, "num_top_eigs": 65}, options=QUIET)
+
+
+# --------------------------------------------------------------------------- the SGD-noise study's knobs
+
+LINEAR_PARITY = {"device": "cpu", "logging_period": 2,
+                 "model_data_config": {"model_name": "mlp", "data_name": "digits_parity", "depth": 0, "loss": "mse",
+                                       "ptr": 300, "pte": 50},
+                 "training_config": {"num_steps": 5, "batch_size": 32, "learning_rate": 0.05},
+                 "sgld_config": {"epsilon": 1e-5, "num_steps": 4, "batch_size": 32}}
+
+
+def test_max_wall_stops_at_a_checkpoint_and_says_why(observed):
+    # A budget spent before the first checkpoint ends: training stops there, at step 0 of 5.
+    run = ex.run(config_updates={**LINEAR_PARITY, "max_wall": 1e-9}, options=QUIET)
+    assert run.status == "COMPLETED"
+    assert run.info["stop_reason"] == "max_wall" and run.info["steps_trained"] == 0
+    assert [c["step"] for c in run.info["checkpoints"]] == [0]
+    assert "train/batch_loss" not in _metrics(observed / "1")
+    run = ex.run(config_updates={**LINEAR_PARITY, "max_wall": 3600.0}, options=QUIET)
+    assert run.info["stop_reason"] == "num_steps" and run.info["steps_trained"] == 4
+    assert [c["step"] for c in run.info["checkpoints"]] == [0, 2, 4]
+
+
+def test_ckpt_grad_stats_match_per_sample_gradients(observed):
+    # f = wᵀx + b, L = mean_i (f_i − y_i)²: per-sample gradients g_i = 2(f_i − y_i)x̃_i are exact, so ‖∇L_n‖ = ‖ḡ‖
+    # and, for B of n drawn without replacement, tr Cov(∇L_B) = (n − B)/(B(n − 1)) · mean_i ‖g_i − ḡ‖².
+    k = 400
+    run = ex.run(config_updates={**LINEAR_PARITY, "ckpt_grad_stats": k}, options=QUIET)
+    g_data, g_init = generators(0, 5)[:2]
+    md = ModelDataConfig(**run.config["model_data_config"])
+    d = expt_llc_curve.load_data(md, g_data)
+    model = expt_llc_curve.build_model(md, d, g_init)
+    x = torch.cat([d.x_train, torch.ones(len(d.x_train), 1)], 1).double()
+    w = torch.cat([model.net[0].weight.detach().reshape(-1), model.net[0].bias.detach()]).double()
+    g = 2 * (x @ w - d.y_train.double())[:, None] * x
+    n, b = len(x), 32
+    noise = (n - b) / (b * (n - 1)) * float((g - g.mean(0)).square().sum(1).mean())
+    row = run.info["checkpoints"][0]
+    assert row["grad/norm"] == pytest.approx(float(g.mean(0).norm()), rel=1e-4)
+    # k = 400 minibatches: the estimate's relative standard error is about sqrt(2/k) ≈ 7% or less.
+    assert row["grad/noise_trace"] == pytest.approx(noise, rel=0.2)
+    metrics = _metrics(observed / "1")
+    assert metrics["grad/norm"]["steps"] == [0, 2, 4] and len(metrics["grad/noise_trace"]["values"]) == 3
+
+
+def test_mnas_on_mnist_parity_with_hinge(cifar_dir, observed):
+    run = ex.run(config_updates={
+        "device": "cpu",
+        "model_data_config": {"model_name": "mnas", "data_name": "mnist_parity", "data_dir": str(cifar_dir),
+                              "depth": 1, "width": 4, "loss": "hinge"},
+        "sgld_config": {"epsilon": 1e-6, "num_steps": 4, "batch_size": 16},
+        "training_config": {"num_steps": 3, "batch_size": 16, "learning_rate": 0.1},
+        "logging_period": 2, "ckpt_grad_stats": 2}, options=QUIET)
+    assert run.status == "COMPLETED"
+    assert run.info["model_dim"] == sum(p.numel() for p in make_model("mnas", num_classes=1, in_channels=1,
+                                                                        h=4).parameters())
+    assert math.isfinite(run.info["checkpoints"][-1]["grad/noise_trace"])
+
+
+def test_llc_restrict_logs_each_group_and_everything_equals_the_whole(observed, tmp_path):
+    import plots
+
+    config = {**LINEAR_PARITY, "model_data_config": {**LINEAR_PARITY["model_data_config"], "depth": 1, "width": 4},
+              "llc_restrict": {"hidden": ["net.0.*"], "readout": "net.2.*", "all": ["*"]}, "do_plot": True}
+    run = ex.run(config_updates=config, options=QUIET)
+    assert run.status == "COMPLETED"
+    info = run.info["llc_restrict"]
+    assert info["hidden"]["sampled_parameters"] == ["net.0.weight", "net.0.bias"]
+    assert info["readout"]["num_sampled"] == 5 and info["all"]["num_sampled"] == run.info["model_dim"]
+    metrics = _metrics(observed / "1")
+    for group in ("hidden", "readout", "all"):
+        for stat in ("mean", "std", "rhat"):
+            assert metrics[f"llc/{group}/{stat}"]["steps"] == [0, 2, 4]
+    # The same seed on every parameter: the very same chains as the whole network's λ̂.
+    assert metrics["llc/all/mean"]["values"] == metrics["llc/mean"]["values"]
+    assert metrics["llc/hidden/mean"]["values"] != metrics["llc/mean"]["values"]
+    assert run.info["checkpoints"][-1]["llc/readout/mean"] == metrics["llc/readout/mean"]["values"][-1]
+    paths = plots.main(["llc_by_block_over_training", "--runs", str(observed), "--run-id", "1",
+                        "--out", str(tmp_path / "fig")])
+    assert all(p.is_file() for p in paths) and (observed / "1" / "llc_by_block_over_training.png").is_file()
+    with pytest.raises(ValueError, match=r"restrict pattern 'layer9.\*' matches no trainable parameter"):
+        ex.run(config_updates={**config, "llc_restrict": {"x": ["layer9.*"]}}, options=QUIET)
+    with pytest.raises(ValueError, match=r"llc_restrict\['net'\] is a dict .* a group name with '.'"):
+        ex.run(config_updates={**config, "llc_restrict": {"net.0": ["net.0.*"]}}, options=QUIET)
+    with pytest.raises(ValueError, match="llc_restrict group names must be non-empty strings without '/'"):
+        ex.run(config_updates={**config, "llc_restrict": {"a/b": ["*"]}}, options=QUIET)
+
+
+def test_resnet18_blocks_cover_every_parameter_once():
+    groups = create_run(ex, "run", {}, named_configs=["resnet18_blocks"]).config["llc_restrict"]
+    resolved = expt_llc_curve.check_restrict(make_model("resnet18", width_factor=0.0625), groups)
+    names = [n for g in resolved.values() for n in g["sampled_parameters"]]
+    assert sorted(names) == sorted(n for n, _ in make_model("resnet18", width_factor=0.0625).named_parameters())
+    assert set(resolved) == {"stem", "layer1", "layer2", "layer3", "layer4", "fc"}  # Sacred sorts the keys
+
+
+def test_resnet18_blocks_run_logs_every_block(cifar_dir, observed):
+    run = ex.run(named_configs=["resnet18_blocks"], config_updates={
+        "device": "cpu", "model_data_config": {"data_dir": str(cifar_dir), "layer_width_factor": 0.0625},
+        "sgld_config": {"epsilon": 1e-5, "num_steps": 4, "batch_size": 16, "num_chains": 2},
+        "training_config": {"num_steps": 2, "batch_size": 8}, "logging_period": 1}, options=QUIET)
+    assert run.status == "COMPLETED"
+    metrics = _metrics(observed / "1")
+    for group in ("stem", "layer1", "layer2", "layer3", "layer4", "fc"):
+        assert metrics[f"llc/{group}/mean"]["steps"] == [0, 1]
+    assert sum(g["num_sampled"] for g in run.info["llc_restrict"].values()) == run.info["model_dim"]

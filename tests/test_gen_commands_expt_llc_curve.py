@@ -7,7 +7,7 @@ from sacred.arg_parser import get_config_updates
 from sacred.initialize import create_run
 
 import gen_commands_expt_llc_curve as gen
-from expt_llc_curve import ex
+from expt_llc_curve import ModelDataConfig, ex
 
 
 def _updates(line):
@@ -32,7 +32,8 @@ def test_product_order_temperature_and_skipped_combinations():
         gen.make_commands({"seed": []})
 
 
-@pytest.mark.parametrize("preset, count", [("reference", 36), ("sgd_noise", 400), ("sgd_noise_cpu", 12)])
+@pytest.mark.parametrize("preset, count", [("reference", 36), ("sgd_noise", 400), ("sgd_noise_cpu", 12),
+                                           ("mnas", 525), ("mnas_cifar", 525)])
 def test_presets_are_accepted_by_the_experiment(preset, count):
     commands, _ = gen.make_commands(gen.PRESETS[preset])
     assert len(commands) == count and len(set(commands)) == count
@@ -45,6 +46,12 @@ def test_presets_are_accepted_by_the_experiment(preset, count):
         assert temps == [2.0**i for i in range(-13, 3)]
         assert sorted({_updates(c)["model_data_config"]["ptr"] for c in commands}) == [1024, 2048, 4096, 8192, 16384]
         assert _updates(commands[0])["model_data_config"]["data_name"] == "mnist_parity"
+    if preset.startswith("mnas"):
+        config = create_run(ex, "run", _updates(commands[-1])).config
+        ModelDataConfig(**config["model_data_config"])  # alpha with an MNAS without BatchNorm is valid
+        assert config["max_wall"] == (10000.0 if preset == "mnas" else 8000.0) and config["ckpt_grad_stats"] == 128
+        temps = sorted({_updates(c)["training_config"]["learning_rate"] / 16 for c in commands})
+        assert temps == [2.0**i for i in range(-20, 1)]
 
 
 def test_yaml_grid_and_set_flags_and_refusing_to_overwrite(tmp_path, capsys):

@@ -194,3 +194,17 @@ def test_command_line_filters_and_errors(sacred_runs, tmp_path):
         plots.main(["llc_vs_true", "--runs", str(tmp_path / "nope")])
     with pytest.raises(SystemExit, match=r"llc_over_training draws one run; pass --run-id, one of \[1, 2"):
         plots.main(["llc_over_training", "--runs", str(sacred_runs.dir), "--out", str(out)])
+
+
+def test_llc_by_block_over_training():
+    rows = [(f"llc/{g}/{stat}", t, v * (t + 1) if stat == "mean" else 0.1) for g, v in (("fc1", 2.0), ("fc2", 1.0))
+            for t in (0, 10, 20) for stat in ("mean", "std")]
+    rows += [("llc/mean", t, 2.5 * (t + 1), ) for t in (0, 10, 20)] + [("train/loss", 0, 1.0)]
+    metrics = pd.DataFrame(rows, columns=["metric", "step", "value"]).assign(run_id=1, source="x")
+    fig = plots.llc_by_block_over_training(metrics)
+    (ax,) = fig.axes
+    assert "fc1" in _texts(fig) and "whole network" in _texts(fig) and "sum of the groups" in _texts(fig)
+    total = [line for line in ax.get_lines() if line.get_linestyle() == ":"][0]
+    assert list(total.get_ydata()) == pytest.approx([3.0, 33.0, 63.0])
+    with pytest.raises(ValueError, match="no metric llc/<group>/mean"):
+        plots.llc_by_block_over_training(metrics[~metrics.metric.str.contains("fc")])
