@@ -35,7 +35,8 @@ class LLCResult:
         divergence_step: Per chain, the first step at which it diverged, else None.
         n: Number of training samples.
         nbeta: Inverse temperature :math:`n\beta` used.
-        epsilon: Step size :math:`\epsilon` used.
+        epsilon: Step size :math:`\epsilon` of the kept draws (with ``epsilon="auto"`` and
+            ``num_steps="auto"``, the last one the step-size monitor set: ``stopping["final_epsilon"]``).
         gamma: Localization :math:`\gamma` used.
         batch_size: Minibatch size m.
         num_chains: Number of chains.
@@ -52,7 +53,9 @@ class LLCResult:
         calibration_steps: Steps per chain the calibration ran before the trace (its last check's
             steps are burn-in of these very chains, at the chosen ε).
         stopping: For ``num_steps="auto"``: the rule, every round's burn-in, R̂ and quarter
-            spread, and why it stopped; else None.
+            spread, why it stopped, ``total_steps`` and ``discarded_steps``; with ``epsilon="auto"``
+            also ``step_checks`` (the monitor's measurements after every round), ``epsilon_changes``
+            (each shrinking of ε, with its reason) and ``final_epsilon``. None for a fixed budget.
         preconditioner: The diagonal preconditioner P, None for P = I: ``kind`` ("fixed" or
             "rmsprop"), and per parameter tensor (by name) its value (fixed; mean, min and max
             for a tensor) or, for rmsprop, ``decay``, ``damping`` and the mean P at the last step.
