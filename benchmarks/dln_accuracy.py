@@ -146,11 +146,12 @@ def report(path: Path, figure: Path | None) -> None:
     for r in rows:
         mala = r.get("mala_lambdahat")
         vs = f"{r['lambdahat'] / mala - 1:+.1%}" if mala else "—"
+        mala_text = f"{mala:.2f} (R̂ {r['mala_rhat']:.2f}, {r['mala_steps']} steps)" if mala else "—"
         print(f"| {r['case']} | {r['kind']} | {'→'.join(map(str, r['dims']))} | {r['rank']} | {r['d']} | "
               f"{r['true_lambda']:g} | {r['lambdahat']:.2f} ± {r['lambdahat_std']:.2f} | {r['rel_error']:+.1%} | "
               f"{r['rhat']:.3f} | {[round(q, 1) for q in r['quarters']]} | {r['epsilon']:.2g} | "
               f"{r['epsilon_changes']} | "
-              f"{r['steps']} | {'yes' if r['settled'] else 'no'} | {f'{mala:.2f}' if mala else '—'} | {vs} | "
+              f"{r['steps']} | {'yes' if r['settled'] else 'no'} | {mala_text} | {vs} | "
               f"{r['wall_seconds']:.0f} |")
     errs = np.array([abs(r["rel_error"]) for r in rows if r["true_lambda"] > 0])
     vs_mala = np.array([abs(r["lambdahat"] / r["mala_lambdahat"] - 1) for r in rows if r.get("mala_lambdahat")])
