@@ -172,8 +172,9 @@ def report(path: Path, figure: Path | None) -> None:
                                   lambdahat_std=[r["lambdahat_std"] for r in rows],
                                   model_dim=[r["d"] for r in rows]))
         fig = plots.llc_vs_true(frame)
-        fig.savefig(figure, dpi=150, bbox_inches="tight")
-        print(f"wrote {figure}")
+        for path in (figure, figure.with_suffix(".pdf")):
+            fig.savefig(path, dpi=150, bbox_inches="tight")
+            print(f"wrote {path}")
 
 
 def main(argv: list[str] | None = None) -> None:
