@@ -21,7 +21,7 @@ import torch
 
 from sgld.chains import Chains
 from sgld.diagnostics import llc_from_losses
-from sgld.geometry import CURVATURE_SOURCES, Geometry, above_floor, gradient_noise, hessian_trace_at
+from sgld.geometry import CURVATURE_SOURCES, Geometry, above_floor, gradient_noise, mean_hessian_trace
 from sgld.potential import Potential
 from sgld.source import DataSource
 
@@ -207,10 +207,7 @@ def look_around(
     """
     rule = state.rule
     noise = gradient_noise(potential, source, chains.batch_size, generator, w=chains.w)
-    try:
-        tr_here = hessian_trace_at(potential, source, rule.nbeta, rule.gamma, generator, chains.w[0])
-    except RuntimeError:  # no second derivatives (see measure_geometry): the acceptance check still guards
-        tr_here = float("nan")
+    tr_here = mean_hessian_trace(potential, source, rule.nbeta, rule.gamma, generator, chains.w[:1])
     state.checks[-1].update(gradient_noise=noise, hessian_trace=tr_here)
     if math.isfinite(noise):
         above = above_floor(noise, state.geometry.gradient_noise_floor)

@@ -29,6 +29,7 @@ __all__ = [
     "curvature",
     "gradient_noise",
     "hessian_trace_at",
+    "mean_hessian_trace",
     "measure_geometry",
     "noise_floor",
     "usable_curvature",
@@ -189,6 +190,33 @@ def hessian_trace_at(
     hvp = _hvp_fn(potential, x, y, nbeta, gamma, at=w.detach().clone())
     probes = torch.randint(0, 2, (num_probes, potential.d), generator=generator, device=data.device) * 2.0 - 1
     return float(np.mean([float(z @ hvp(z)) for z in probes]))
+
+
+def mean_hessian_trace(
+    potential: Potential, data: DataSource, nbeta: float, gamma: float, generator: torch.Generator, states: Tensor,
+    num_samples: int = 4096, num_probes: int = 16,
+) -> float:
+    r"""Hutchinson's tr H of the local potential averaged over points, e.g. the chains' current states.
+
+    Args:
+        potential: The potential.
+        data: The samples (up to ``num_samples`` of them, per point).
+        nbeta: :math:`n\beta`.
+        gamma: :math:`\gamma`.
+        generator: Source of the samples and the probes.
+        states: (C, d) points.
+        num_samples: Samples drawn per point.
+        num_probes: Rademacher probes per point.
+
+    Returns:
+        The mean estimate; NaN for a model that ``torch.func`` cannot differentiate twice (as at
+        :math:`w^*`, see :func:`measure_geometry`: the MALA acceptance checks still guard the step).
+    """
+    try:
+        return float(np.mean([hessian_trace_at(potential, data, nbeta, gamma, generator, w, num_samples, num_probes)
+                              for w in states]))
+    except RuntimeError:
+        return float("nan")
 
 
 # Fallback when the Hessian at w* gives no usable scale: a loss of O(1) curvature per sample gives

@@ -32,7 +32,7 @@ import torch
 
 from sgld.calibration_phases import backoff
 from sgld.chains import Chains
-from sgld.geometry import above_floor, gradient_noise, hessian_trace_at
+from sgld.geometry import above_floor, gradient_noise, mean_hessian_trace
 
 __all__ = ["MIN_ROUND_ACCEPTANCE", "TRIGGER", "StepSizeMonitor"]
 
@@ -84,8 +84,8 @@ class StepSizeMonitor:
         pot, src, nbeta, gamma = chains.potential, chains.source, chains.nbeta, chains.gamma
         acc = accept[alive]
         acceptance = float(np.nanmean(acc)) if np.isfinite(acc).any() else math.nan
-        tr_h = float(np.mean([hessian_trace_at(pot, src, nbeta, gamma, self.generator, chains.w[i],
-                                               num_samples=SAMPLES, num_probes=PROBES_PER_CHAIN) for i in alive]))
+        tr_h = mean_hessian_trace(pot, src, nbeta, gamma, self.generator, chains.w[alive], num_samples=SAMPLES,
+                                  num_probes=PROBES_PER_CHAIN)
         noise = gradient_noise(pot, src, chains.batch_size, self.generator, num_batches=NOISE_BATCHES,
                                w=chains.w[alive])
         noise = above_floor(noise, self.noise_floor) if math.isfinite(noise) else 0.0
